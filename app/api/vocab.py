@@ -1,0 +1,17 @@
+"""GET /vocab: the active model's characters."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.deps import ServiceDep
+from app.schemas import VocabResponse
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/vocab", response_model=VocabResponse, summary="The active model's vocabulary")
+def vocab(service: ServiceDep) -> VocabResponse:
+    loaded = service.active
+    v = loaded.vocab
+    return VocabResponse(model=loaded.name, size=v.size, unk_index=v.unk_index, chars=v.index_order())

@@ -1,0 +1,35 @@
+"""Settings from the environment (prefix CHARRNN_), with types, bounds and defaults."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHARRNN_", env_file=".env", extra="ignore")
+
+    model_store: Path = Field(Path("model_store"), description="Directory of checkpoints (a volume in Docker).")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps; auto = cuda, else mps, else cpu.")
+    default_model_name: str = Field("default", description="Name the embedded default model is saved under.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level.")
+
+    max_prefix_chars: int = Field(10_000, ge=1, le=1_000_000, description="Longest prefix /complete accepts.")
+    max_new_chars: int = Field(4_096, ge=1, le=1_000_000, description="Most characters one completion may ask for.")
+    max_n: int = Field(16, ge=1, le=256, description="Most completions one request may ask for.")
+    max_stop_chars: int = Field(64, ge=1, le=4096, description="Longest stop string.")
+
+    max_corpus_chars: int = Field(50_000_000, ge=1, description="Largest training text, in characters.")
+    max_hidden_size: int = Field(2048, ge=1, description="Largest hidden_size /train accepts.")
+    max_num_layers: int = Field(8, ge=1, description="Most recurrent layers /train accepts.")
+    max_epochs: int = Field(100_000, ge=1, description="Most epochs /train accepts.")
+    max_jobs_kept: int = Field(100, ge=1, description="Finished training jobs remembered for GET /train/{id}.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

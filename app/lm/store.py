@@ -1,0 +1,200 @@
+"""Checkpoints in model_store/: <name>.safetensors (weights) + <name>.json (metadata), written atomically.
+
+Weights never travel as pickle: safetensors holds only tensors, JSON holds everything else.
+The JSON records the weights' SHA-256, so a weights file that does not belong to its
+metadata (a crash between the two writes, a copy gone wrong) is caught at load time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from app.lm.model import CharRNN, ModelConfig
+from app.lm.vocab import Vocab
+
+FORMAT_VERSION = 1
+ACTIVE_FILE = ".active"  # names may not start with a dot, so this never collides with a model
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class StoreError(Exception):
+    """Base of the errors below."""
+
+
+class InvalidModelName(StoreError, ValueError):
+    pass
+
+
+class ModelNotFound(StoreError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class CorruptCheckpoint(StoreError):
+    pass
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise InvalidModelName(
+            f"invalid model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit, without '..'"
+        )
+    return name
+
+
+@dataclass
+class Checkpoint:
+    name: str
+    model: CharRNN
+    vocab: Vocab
+    meta: dict
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    """Temporary file in the same directory, fsync, rename: readers see the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+class ModelStore:
+    """A directory of named checkpoints, one of them active."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self._lock = threading.Lock()  # serialises writers within this process
+
+    def _paths(self, name: str) -> tuple[Path, Path]:
+        validate_name(name)
+        return self.root / f"{name}.safetensors", self.root / f"{name}.json"
+
+    def exists(self, name: str) -> bool:
+        return self._paths(name)[1].is_file()
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for p in self.root.glob("*.json"):
+            name = p.name[: -len(".json")]
+            if NAME_PATTERN.fullmatch(name) and ".." not in name:
+                found.append(name)
+        return sorted(found)
+
+    def save(
+        self, name: str, model: CharRNN, vocab: Vocab, *, training: dict | None = None, metrics: dict | None = None
+    ) -> dict:
+        """Writes weights, then metadata that names the weights' hash. Returns the metadata."""
+        weights_path, meta_path = self._paths(name)
+        if model.config.vocab_size != vocab.size:
+            raise ValueError(f"model has {model.config.vocab_size} outputs but the vocabulary has {vocab.size}")
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        payload = save(tensors, metadata={"format_version": str(FORMAT_VERSION)})
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model_config": model.config.to_json(),
+            "vocab": vocab.to_json(),
+            "training": training or {},
+            "metrics": metrics or {},
+            "num_parameters": model.num_parameters(),
+            "weights_file": weights_path.name,
+            "weights_sha256": hashlib.sha256(payload).hexdigest(),
+            "weights_bytes": len(payload),
+        }
+        with self._lock:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _atomic_write(weights_path, payload)
+            _atomic_write(meta_path, json.dumps(meta, indent=2, ensure_ascii=False).encode())
+        return meta
+
+    def read_meta(self, name: str) -> dict:
+        _, meta_path = self._paths(name)
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelNotFound(f"no model named {name!r} in {self.root}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CorruptCheckpoint(f"{meta_path}: unreadable metadata ({exc})") from exc
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            raise CorruptCheckpoint(f"{meta_path}: unsupported or missing format_version")
+        return meta
+
+    def load(self, name: str, device: torch.device | str = "cpu") -> Checkpoint:
+        """Loads weights straight onto `device`, after checking they are the ones the metadata names."""
+        weights_path, meta_path = self._paths(name)
+        meta = self.read_meta(name)
+        try:
+            payload = weights_path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptCheckpoint(f"{weights_path}: weights file is missing") from None
+        if hashlib.sha256(payload).hexdigest() != meta.get("weights_sha256"):
+            raise CorruptCheckpoint(f"{weights_path}: weights do not match the hash in {meta_path.name}")
+        try:
+            config = ModelConfig.from_json(meta["model_config"])
+            vocab = Vocab.from_json(meta["vocab"])
+            if vocab.size != config.vocab_size:
+                raise ValueError(f"vocabulary has {vocab.size} entries but the model has {config.vocab_size} outputs")
+            tensors = load_file(weights_path, device=str(device))
+            with torch.device(device):
+                model = CharRNN(config)
+            model.load_state_dict(tensors)
+        except CorruptCheckpoint:
+            raise
+        except Exception as exc:  # any inconsistency between metadata and weights
+            raise CorruptCheckpoint(f"{name}: checkpoint does not load ({exc})") from exc
+        model.eval()
+        return Checkpoint(name, model, vocab, meta)
+
+    def delete(self, name: str) -> None:
+        weights_path, meta_path = self._paths(name)
+        if not meta_path.exists():
+            raise ModelNotFound(f"no model named {name!r} in {self.root}")
+        with self._lock:
+            meta_path.unlink(missing_ok=True)  # metadata first: a half-deleted model is simply gone
+            weights_path.unlink(missing_ok=True)
+
+    def active_name(self) -> str | None:
+        try:
+            name = (self.root / ACTIVE_FILE).read_text(encoding="utf-8").strip()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+        return name if NAME_PATTERN.fullmatch(name) and ".." not in name else None
+
+    def set_active(self, name: str) -> None:
+        if not self.exists(name):
+            raise ModelNotFound(f"no model named {name!r} in {self.root}")
+        with self._lock:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.root / ACTIVE_FILE, name.encode())

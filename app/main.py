@@ -1,0 +1,66 @@
+"""create_app(): the FastAPI application, its lifespan, routers and error handlers."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from app.api import complete, health, models, train, vocab
+from app.config import Settings, get_settings
+from app.errors import install_error_handlers
+from app.lm.device import DeviceUnavailable, resolve_device
+from app.service import ModelService
+
+log = logging.getLogger("app")
+
+DESCRIPTION = """
+Character-level text completion with small recurrent language models (RNN, LSTM, GRU).
+
+Send a prefix to **POST /complete** and get its continuation. Train a model on your own text
+with **POST /train**. Characters a model has never seen are read as an UNK id, never an error.
+"""
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; the message says why in one line."""
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("app").setLevel(level.upper())
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        configure_logging(settings.log_level)
+        try:
+            device = resolve_device(settings.device)
+        except DeviceUnavailable as exc:
+            log.error("cannot start: CHARRNN_DEVICE=%s: %s", settings.device, exc)
+            raise StartupError(f"CHARRNN_DEVICE={settings.device}: {exc}") from None
+        service = ModelService(settings, device)
+        await run_in_threadpool(service.start)
+        app.state.service = service
+        try:
+            yield
+        finally:
+            await run_in_threadpool(service.stop)
+            app.state.service = None
+
+    app = FastAPI(
+        title="char-rnn completion service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.dependency_overrides[get_settings] = lambda: settings
+    install_error_handlers(app)
+    for module in (complete, vocab, train, models, health):
+        app.include_router(module.router)
+    return app

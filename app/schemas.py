@@ -1,0 +1,184 @@
+"""Request and response models of the HTTP API: bounds, examples and descriptions live here."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.lm.store import NAME_PATTERN
+
+ModelName = Field(
+    pattern=f"^{NAME_PATTERN.pattern}$",
+    description="1-64 letters, digits, '_', '-' or '.', starting with a letter or digit.",
+    examples=["shakespeare"],
+)
+
+
+class StrictModel(BaseModel):
+    # unknown fields are refused, so a typo ("temprature") is an error rather than silently ignored
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- /complete ------------------------------------------------------------------------------
+
+
+class CompleteRequest(StrictModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"prefix": "good", "max_new_chars": 11}]},
+    )
+
+    prefix: str = Field(min_length=1, description="Text to complete. Unseen characters are read as UNK.")
+    max_new_chars: int = Field(100, ge=0, description="Characters to generate at most.")
+    temperature: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False, description="0 = greedy.")
+    top_k: int | None = Field(None, ge=0, description="Sample from the k likeliest characters; 0 or null = off.")
+    top_p: float | None = Field(
+        None, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass; 1 or null = off."
+    )
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="Fixes the output of sampling; null = random (reported back)."
+    )
+    stop: list[str] = Field(
+        default_factory=list, max_length=4, description="Generation ends at the first of these (not included)."
+    )
+    n: int = Field(1, ge=1, description="Number of completions.")
+
+    @model_validator(mode="after")
+    def _stop_strings_not_empty(self) -> CompleteRequest:
+        if any(s == "" for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+        return self
+
+
+class Choice(BaseModel):
+    index: int
+    text: str = Field(description="The prefix followed by the generated characters.")
+    completion: str = Field(description="The generated characters only.")
+    finish_reason: Literal["length", "stop"]
+
+
+class Usage(BaseModel):
+    prefix_chars: int
+    completion_chars: int
+
+
+class CompleteResponse(BaseModel):
+    model: str
+    seed: int = Field(description="The seed used: the request's, or the one drawn for it.")
+    choices: list[Choice]
+    unknown_chars: list[str] = Field(description="Characters of the prefix outside the vocabulary (read as UNK).")
+    usage: Usage
+
+
+# ---- /vocab ---------------------------------------------------------------------------------
+
+
+class VocabResponse(BaseModel):
+    model: str
+    size: int
+    unk_index: int
+    chars: list[str | None] = Field(description="Each id's character in id order; null at unk_index.")
+
+
+# ---- /train ---------------------------------------------------------------------------------
+
+
+class TrainRequest(StrictModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "greetings",
+                    "sentences": ["hey how are you", "good i am fine", "have a nice day"],
+                    "epochs": 100,
+                },
+                {"name": "poem", "corpus": "the rain in spain stays mainly in the plain\n" * 20, "cell": "gru"},
+            ]
+        },
+    )
+
+    name: str = ModelName
+    corpus: str | None = Field(None, min_length=2, description="One training text (give this or sentences).")
+    sentences: list[str] | None = Field(
+        None, min_length=1, description="Separate sentences, padded with spaces to the longest, as in the tutorial."
+    )
+    cell: Literal["rnn", "lstm", "gru"] = "rnn"
+    hidden_size: int = Field(12, ge=1)
+    num_layers: int = Field(1, ge=1)
+    encoding: Literal["one_hot", "embedding"] = "one_hot"
+    embedding_dim: int = Field(0, ge=0, le=4096, description="0 = hidden_size; used with encoding=embedding.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, allow_inf_nan=False)
+    epochs: int = Field(100, ge=1)
+    learning_rate: float = Field(0.01, gt=0.0, le=10.0, allow_inf_nan=False)
+    batch_size: int = Field(64, ge=1, le=4096)
+    seq_len: int = Field(100, ge=1, le=4096, description="Window length when training on a corpus.")
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    activate: bool = Field(True, description="Serve the model as soon as it is trained.")
+    overwrite: bool = Field(False, description="Replace a stored model of the same name.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TrainRequest:
+        if (self.corpus is None) == (self.sentences is None):
+            raise ValueError("give exactly one of corpus or sentences")
+        if self.sentences is not None and max(len(s) for s in self.sentences) < 2:
+            raise ValueError("sentences need at least 2 characters")
+        return self
+
+
+class TrainAccepted(BaseModel):
+    job_id: str
+
+
+class TrainJobStatus(BaseModel):
+    job_id: str
+    name: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    epoch: int
+    epochs: int
+    step: int
+    total_steps: int
+    loss: float | None
+    error: str | None
+    created_at: str
+    finished_at: str | None
+
+
+# ---- /models, /health -----------------------------------------------------------------------
+
+
+class ModelInfo(BaseModel):
+    name: str
+    active: bool
+    ok: bool = Field(description="False when the checkpoint cannot be read; error says why.")
+    error: str | None = None
+    created_at: str | None = None
+    model_config_: dict | None = Field(None, alias="model_config", serialization_alias="model_config")
+    training: dict | None = None
+    metrics: dict | None = None
+    num_parameters: int | None = None
+    vocab_size: int | None = None
+
+    model_config = ConfigDict(populate_by_name=True, protected_namespaces=())
+
+
+class ModelsResponse(BaseModel):
+    active: str
+    models: list[ModelInfo]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    model: str
+    device: str
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(description="invalid_request | not_found | conflict | ...")
+    message: str
+    param: str | None = Field(None, description="The field at fault, where there is one.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,290 @@
+"""The running service: the active model, completions, training jobs and the atomic model swap."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import torch
+
+from app.config import Settings
+from app.errors import Conflict, InvalidInput, NotFound
+from app.lm import default as default_model
+from app.lm.generate import SamplingParams, generate, random_seed
+from app.lm.model import CharRNN
+from app.lm.store import Checkpoint, CorruptCheckpoint, InvalidModelName, ModelNotFound, ModelStore
+from app.lm.train import Progress, TrainConfig, TrainingCancelled, TrainingDiverged, train_on_text
+from app.lm.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """Everything one request needs, swapped as a single reference: no request sees half a swap."""
+
+    name: str
+    model: CharRNN
+    vocab: Vocab
+    meta: dict
+
+
+@dataclass
+class Completion:
+    model: str
+    seed: int
+    prefix: str
+    choices: list[dict]
+    unknown_chars: list[str]
+    prefix_chars: int
+    completion_chars: int
+
+
+@dataclass
+class TrainSpec:
+    """A training request as the service sees it (already validated by the API layer)."""
+
+    name: str
+    corpus: str | None = None
+    sentences: list[str] | None = None
+    cell: str = "rnn"
+    hidden_size: int = 12
+    num_layers: int = 1
+    encoding: str = "one_hot"
+    embedding_dim: int = 0
+    dropout: float = 0.0
+    activate: bool = True
+    overwrite: bool = False
+    config: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class TrainingJob:
+    job_id: str
+    name: str
+    spec: TrainSpec
+    status: str = "queued"  # queued | running | succeeded | failed | cancelled
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    total_steps: int = 0
+    loss: float | None = None
+    error: str | None = None
+    created_at: str = field(default_factory=_now)
+    finished_at: str | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("succeeded", "failed", "cancelled")
+
+
+class ModelService:
+    def __init__(self, settings: Settings, device: torch.device):
+        self.settings = settings
+        self.device = device
+        self.store = ModelStore(settings.model_store)
+        self._active: LoadedModel | None = None
+        self._jobs: OrderedDict[str, TrainingJob] = OrderedDict()
+        self._jobs_lock = threading.Lock()
+        self._running: TrainingJob | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Loads the active checkpoint, or trains and saves the default model when there is none."""
+        started = time.perf_counter()
+        name = self.store.active_name()
+        if name is not None:
+            try:
+                self._activate(self.store.load(name, self.device))
+                log.info(
+                    "loaded active model %r from %s onto %s in %.2fs",
+                    name, self.store.root, self.device, time.perf_counter() - started,
+                )
+                return
+            except (ModelNotFound, CorruptCheckpoint) as exc:
+                log.error("active model %r cannot be loaded, falling back to the default: %s", name, exc)
+        default_name = self.settings.default_model_name
+        if self.store.exists(default_name):
+            try:
+                self._activate(self.store.load(default_name, self.device))
+                self.store.set_active(default_name)
+                log.info("loaded default model %r from %s onto %s", default_name, self.store.root, self.device)
+                return
+            except CorruptCheckpoint as exc:
+                log.error("default model cannot be loaded, training it again: %s", exc)
+        self._train_default()
+        log.info(
+            "no usable checkpoint in %s: trained the default model %r and saved it in %.2fs (device %s)",
+            self.store.root, default_name, time.perf_counter() - started, self.device,
+        )
+
+    def _train_default(self) -> None:
+        # trained on the CPU whatever the serving device, so every install gets the same weights
+        model, vocab, _, result = train_on_text(
+            sentences=default_model.SENTENCES, config=default_model.TRAIN_CONFIG, **default_model.MODEL_KWARGS
+        )
+        name = self.settings.default_model_name
+        meta = self.store.save(
+            name,
+            model,
+            vocab,
+            training={"sentences": default_model.SENTENCES, **default_model.TRAIN_CONFIG.to_json()},
+            metrics={"final_loss": result.final_loss, "steps": result.steps, "seconds": round(result.seconds, 3)},
+        )
+        self.store.set_active(name)
+        self._activate(Checkpoint(name, model.to(self.device), vocab, meta))
+
+    def stop(self) -> None:
+        job = self._running
+        if job is not None:
+            job.cancel.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _activate(self, checkpoint: Checkpoint) -> None:
+        self._active = LoadedModel(checkpoint.name, checkpoint.model, checkpoint.vocab, checkpoint.meta)
+
+    @property
+    def active(self) -> LoadedModel:
+        assert self._active is not None, "service not started"
+        return self._active
+
+    # ---- completion --------------------------------------------------------------------------
+
+    def complete(self, prefix: str, params: SamplingParams, n: int = 1, seed: int | None = None) -> Completion:
+        loaded = self.active  # one model for the whole request, even if a swap happens meanwhile
+        seed = random_seed() if seed is None else seed
+        seqs = generate(loaded.model, loaded.vocab, prefix, params, n=n, seed=seed)
+        choices = [
+            {"index": s.index, "text": prefix + s.text, "completion": s.text, "finish_reason": s.finish_reason}
+            for s in seqs
+        ]
+        return Completion(
+            model=loaded.name,
+            seed=seed,
+            prefix=prefix,
+            choices=choices,
+            unknown_chars=loaded.vocab.unknown_chars(prefix),
+            prefix_chars=len(prefix),
+            completion_chars=sum(len(s.text) for s in seqs),
+        )
+
+    # ---- models ------------------------------------------------------------------------------
+
+    def list_models(self) -> list[dict]:
+        active = self.active.name
+        out = []
+        for name in self.store.names():
+            try:
+                meta = self.store.read_meta(name)
+                out.append(
+                    {
+                        "name": name,
+                        "active": name == active,
+                        "ok": True,
+                        "created_at": meta.get("created_at"),
+                        "model_config": meta.get("model_config"),
+                        "training": _without_text(meta.get("training", {})),
+                        "metrics": meta.get("metrics"),
+                        "num_parameters": meta.get("num_parameters"),
+                        "vocab_size": meta.get("model_config", {}).get("vocab_size"),
+                    }
+                )
+            except CorruptCheckpoint as exc:
+                out.append({"name": name, "active": name == active, "ok": False, "error": str(exc)})
+        return out
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def submit_training(self, spec: TrainSpec) -> TrainingJob:
+        try:
+            exists = self.store.exists(spec.name)
+        except InvalidModelName as exc:
+            raise InvalidInput(str(exc), "name") from None
+        if exists and not spec.overwrite:
+            raise Conflict(f"a model named {spec.name!r} already exists; set overwrite to replace it", "name")
+        with self._jobs_lock:
+            if self._running is not None and not self._running.done:
+                raise Conflict(f"training job {self._running.job_id} is still running; one job runs at a time")
+            job = TrainingJob(job_id=uuid.uuid4().hex, name=spec.name, spec=spec, epochs=spec.config.epochs)
+            self._jobs[job.job_id] = job
+            while len(self._jobs) > self.settings.max_jobs_kept:
+                self._jobs.popitem(last=False)
+            self._running = job
+            self._thread = threading.Thread(target=self._run_job, args=(job,), name=f"train-{job.job_id[:8]}")
+            self._thread.start()
+        return job
+
+    def get_job(self, job_id: str) -> TrainingJob:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no training job {job_id!r}", "job_id")
+        return job
+
+    def _run_job(self, job: TrainingJob) -> None:
+        spec = job.spec
+        job.status = "running"
+        log.info("training job %s started: model %r", job.job_id, spec.name)
+
+        def on_progress(p: Progress) -> None:
+            job.epoch, job.step, job.total_steps, job.loss = p.epoch, p.step, p.total_steps, p.loss
+
+        try:
+            model, vocab, _, result = train_on_text(
+                sentences=spec.sentences,
+                corpus=spec.corpus,
+                cell=spec.cell,
+                hidden_size=spec.hidden_size,
+                num_layers=spec.num_layers,
+                dropout=spec.dropout,
+                encoding=spec.encoding,
+                embedding_dim=spec.embedding_dim,
+                config=spec.config,
+                device=self.device,
+                on_progress=on_progress,
+                should_stop=job.cancel.is_set,
+            )
+            training = {"source": "sentences" if spec.sentences is not None else "corpus", **spec.config.to_json()}
+            if spec.sentences is not None:
+                training["sentences"] = spec.sentences
+            else:
+                training["corpus_chars"] = len(spec.corpus)
+            meta = self.store.save(
+                spec.name,
+                model,
+                vocab,
+                training=training,
+                metrics={"final_loss": result.final_loss, "steps": result.steps, "seconds": round(result.seconds, 3)},
+            )
+            if spec.activate:
+                self.store.set_active(spec.name)
+                self._activate(Checkpoint(spec.name, model, vocab, meta))
+            job.status = "succeeded"
+            log.info("training job %s succeeded: loss %.4f in %.1fs", job.job_id, result.final_loss, result.seconds)
+        except TrainingCancelled:
+            job.status = "cancelled"
+            log.info("training job %s cancelled", job.job_id)
+        except TrainingDiverged as exc:
+            job.status, job.error = "failed", str(exc)
+            log.warning("training job %s failed: %s", job.job_id, exc)
+        except Exception as exc:  # a failed job must never take the service down
+            job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("training job %s failed", job.job_id)
+        finally:
+            job.finished_at = _now()
+
+
+def _without_text(training: dict) -> dict:
+    return {k: v for k, v in training.items() if k not in ("corpus",)}
