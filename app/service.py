@@ -8,7 +8,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,10 @@ class ModelService:
                 self._activate(self.store.load(name, self.device))
                 log.info(
                     "loaded active model %r from %s onto %s in %.2fs",
-                    name, self.store.root, self.device, time.perf_counter() - started,
+                    name,
+                    self.store.root,
+                    self.device,
+                    time.perf_counter() - started,
                 )
                 return
             except (ModelNotFound, CorruptCheckpoint) as exc:
@@ -127,7 +130,10 @@ class ModelService:
         self._train_default()
         log.info(
             "no usable checkpoint in %s: trained the default model %r and saved it in %.2fs (device %s)",
-            self.store.root, default_name, time.perf_counter() - started, self.device,
+            self.store.root,
+            default_name,
+            time.perf_counter() - started,
+            self.device,
         )
 
     def _train_default(self) -> None:

@@ -111,7 +111,7 @@ def sample_next(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
     keep &= sorted_p > 0
     cdf = (sorted_p * keep).cumsum(dim=-1)  # (B, V)
     # a sampled row draws exactly one number per step, a greedy row none
-    u = torch.tensor([s.rng.random() if t > 0 else 0.0 for s, t in zip(seqs, temps)], device=logits.device)
+    u = torch.tensor([s.rng.random() if t > 0 else 0.0 for s, t in zip(seqs, temps, strict=True)], device=logits.device)
     choice = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)  # (B, 1)
     choice = torch.minimum(choice, keep.sum(dim=-1, keepdim=True) - 1)
     sampled = sorted_idx.gather(1, choice).squeeze(1)  # (B,)
@@ -159,7 +159,7 @@ class DecodeBatch:
             return []
         next_ids = sample_next(self.logits, self.seqs)
         id_to_char = self.vocab.id_to_char
-        for seq, i in zip(self.seqs, next_ids):
+        for seq, i in zip(self.seqs, next_ids, strict=True):
             seq.append(id_to_char(i))
         finished = [s for s in self.seqs if s.finished]
         if finished:

@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from app.lm.generate import DecodeBatch, SamplingParams, Sequence, generate, sample_next
+from app.lm.model import CharRNN, ModelConfig
+from app.lm.train import build_model
+from app.lm.vocab import UNK_INDEX, Vocab
+
+
+@pytest.fixture(scope="module")
+def lstm():
+    vocab = Vocab.from_text("abcdefgh ")
+    model = build_model(ModelConfig(vocab_size=vocab.size, cell="lstm", hidden_size=16, num_layers=2), seed=1)
+    return model.eval(), vocab
+
+
+def tutorial_greedy(model: CharRNN, vocab: Vocab, prefix: str, new: int) -> str:
+    """The tutorial's sampler: the whole text so far through the network for every character."""
+    ids = vocab.encode(prefix)
+    with torch.no_grad():
+        for _ in range(new):
+            logits, _ = model(torch.tensor([ids]))
+            last = logits[0, -1].clone()
+            last[UNK_INDEX] = float("-inf")
+            ids.append(int(last.argmax()))
+    return vocab.decode(ids)
+
+
+def test_incremental_decoding_matches_rerunning_the_whole_prefix(lstm):
+    model, vocab = lstm
+    out = generate(model, vocab, "abc", SamplingParams(max_new_chars=30))[0]
+    assert "abc" + out.text == tutorial_greedy(model, vocab, "abc", 30)
+    assert out.finish_reason == "length"
+
+
+def test_sampling_is_reproducible_per_seed_and_differs_between_choices(lstm):
+    model, vocab = lstm
+    params = SamplingParams(max_new_chars=40, temperature=1.5)
+    a = [s.text for s in generate(model, vocab, "ab", params, n=3, seed=7)]
+    b = [s.text for s in generate(model, vocab, "ab", params, n=3, seed=7)]
+    assert a == b
+    assert len(set(a)) > 1
+
+
+def test_a_sequence_gives_the_same_text_alone_or_in_a_batch(lstm):
+    model, vocab = lstm
+    params = SamplingParams(max_new_chars=50, temperature=1.0, top_p=0.9)
+    alone = generate(model, vocab, "hag", params, seed=123)[0].text
+    batch = DecodeBatch(model, vocab)
+    crowd = [Sequence(SamplingParams(max_new_chars=k, temperature=0.7), seed=k) for k in range(1, 20)]
+    target = Sequence(params, seed=123)
+    batch.add("bad", crowd[:10])
+    batch.step()
+    batch.add("hag", [target])
+    batch.add("fee", crowd[10:])
+    while batch.seqs:
+        batch.step()
+    assert target.text == alone
+
+
+def test_unk_is_never_generated():
+    logits = torch.zeros(4, 6)
+    logits[:, UNK_INDEX] = 100.0  # UNK would win every time if allowed
+    seqs = [Sequence(SamplingParams(temperature=t), seed=i) for i, t in enumerate([0.0, 0.5, 1.0, 2.0])]
+    for _ in range(50):
+        assert UNK_INDEX not in sample_next(logits.clone(), seqs)
+
+
+def test_top_k_one_is_greedy():
+    logits = torch.randn(3, 10)
+    seqs = [Sequence(SamplingParams(temperature=1.0, top_k=1), seed=i) for i in range(3)]
+    masked = logits.clone()
+    masked[:, UNK_INDEX] = float("-inf")
+    assert sample_next(logits.clone(), seqs) == masked.argmax(-1).tolist()
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([[1e-9, 0.6, 0.3, 0.1]]))
+    seq = Sequence(SamplingParams(temperature=1.0, top_p=0.5), seed=0)
+    assert {sample_next(logits.clone(), [seq])[0] for _ in range(200)} == {1}
+    seq = Sequence(SamplingParams(temperature=1.0, top_p=0.85), seed=0)
+    assert {sample_next(logits.clone(), [seq])[0] for _ in range(400)} == {1, 2}
+
+
+def test_stop_string_ends_generation_and_is_not_included():
+    seq = Sequence(SamplingParams(max_new_chars=100, stop=("am",)), seed=0)
+    for ch in " i am fine":
+        if seq.finished:
+            break
+        seq.append(ch)
+    assert seq.text == " i "
+    assert seq.finish_reason == "stop"
+
+
+def test_stream_holds_back_a_possible_stop_string():
+    seq = Sequence(SamplingParams(max_new_chars=100, stop=("fine", "xyz")), seed=0)
+    released = []
+    for ch in " i am fin":
+        seq.append(ch)
+        released.append(seq.take_new_text())
+    assert "".join(released) == " i am "  # "fin" may still become "fine"
+    seq.append("d")
+    assert seq.take_new_text() == "find"
+    seq2 = Sequence(SamplingParams(max_new_chars=100, stop=("fine",)), seed=0)
+    out = ""
+    for ch in "a fine":
+        seq2.append(ch)
+        out += seq2.take_new_text()
+    assert out == "a " and seq2.finish_reason == "stop"
+
+
+def test_max_new_chars_zero_returns_the_prefix_only(lstm):
+    model, vocab = lstm
+    out = generate(model, vocab, "abc", SamplingParams(max_new_chars=0))[0]
+    assert out.text == "" and out.finish_reason == "length"
