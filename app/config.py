@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     max_n: int = Field(16, ge=1, le=256, description="Most completions one request may ask for.")
     max_stop_chars: int = Field(64, ge=1, le=4096, description="Longest stop string.")
 
+    max_batch_size: int = Field(64, ge=1, le=4096, description="Most sequences decoded together in one step.")
+    max_queued_requests: int = Field(
+        256, ge=0, le=100_000, description="Completions waiting beyond this get 429 with Retry-After."
+    )
+    batching: bool = Field(True, description="Continuous batching; false decodes one request per forward.")
+    torch_threads: int = Field(0, ge=0, le=1024, description="Threads torch may use; 0 = torch's default.")
+
     max_corpus_chars: int = Field(50_000_000, ge=1, description="Largest training text, in characters.")
     max_hidden_size: int = Field(2048, ge=1, description="Largest hidden_size /train accepts.")
     max_num_layers: int = Field(8, ge=1, description="Most recurrent layers /train accepts.")

@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from app.api import complete, health, models, train, vocab
+from app.api import complete, health, metrics, models, train, vocab
 from app.config import Settings, get_settings
+from app.engine import configure_torch_threads
 from app.errors import install_error_handlers
 from app.lm.device import DeviceUnavailable, resolve_device
 from app.service import ModelService
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except DeviceUnavailable as exc:
             log.error("cannot start: CHARRNN_DEVICE=%s: %s", settings.device, exc)
             raise StartupError(f"CHARRNN_DEVICE={settings.device}: {exc}") from None
+        configure_torch_threads(settings.torch_threads)
         service = ModelService(settings, device)
         await run_in_threadpool(service.start)
         app.state.service = service
@@ -61,6 +63,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
-    for module in (complete, vocab, train, models, health):
+    for module in (complete, vocab, train, models, health, metrics):
         app.include_router(module.router)
     return app

@@ -43,6 +43,11 @@ class CompleteRequest(StrictModel):
         default_factory=list, max_length=4, description="Generation ends at the first of these (not included)."
     )
     n: int = Field(1, ge=1, description="Number of completions.")
+    stream: bool = Field(
+        False,
+        description="Answer with Server-Sent Events: `data: {json}` events with new text as it is generated, "
+        "a final event with finish_reason and usage, then `data: [DONE]`.",
+    )
 
     @model_validator(mode="after")
     def _stop_strings_not_empty(self) -> CompleteRequest:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -13,13 +14,15 @@ from datetime import UTC, datetime
 import torch
 
 from app.config import Settings
+from app.engine import Engine, GenerationRequest
 from app.errors import Conflict, InvalidInput, NotFound
 from app.lm import default as default_model
-from app.lm.generate import SamplingParams, generate, random_seed
+from app.lm.generate import SamplingParams, random_seed
 from app.lm.model import CharRNN
 from app.lm.store import Checkpoint, CorruptCheckpoint, InvalidModelName, ModelNotFound, ModelStore
 from app.lm.train import Progress, TrainConfig, TrainingCancelled, TrainingDiverged, train_on_text
 from app.lm.vocab import Vocab
+from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +92,17 @@ class TrainingJob:
 
 
 class ModelService:
-    def __init__(self, settings: Settings, device: torch.device):
+    def __init__(self, settings: Settings, device: torch.device, metrics: Metrics | None = None):
         self.settings = settings
         self.device = device
+        self.metrics = metrics or Metrics()
         self.store = ModelStore(settings.model_store)
+        self.engine = Engine(
+            max_batch_size=settings.max_batch_size,
+            max_queued=settings.max_queued_requests,
+            batching=settings.batching,
+            metrics=self.metrics,
+        )
         self._active: LoadedModel | None = None
         self._jobs: OrderedDict[str, TrainingJob] = OrderedDict()
         self._jobs_lock = threading.Lock()
@@ -103,6 +113,10 @@ class ModelService:
 
     def start(self) -> None:
         """Loads the active checkpoint, or trains and saves the default model when there is none."""
+        self._load_startup_model()
+        self.engine.start()
+
+    def _load_startup_model(self) -> None:
         started = time.perf_counter()
         name = self.store.active_name()
         if name is not None:
@@ -153,14 +167,19 @@ class ModelService:
         self._activate(Checkpoint(name, model.to(self.device), vocab, meta))
 
     def stop(self) -> None:
+        """Stops a running training job, and lets completions in flight finish."""
         job = self._running
         if job is not None:
             job.cancel.set()
+        self.engine.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
     def _activate(self, checkpoint: Checkpoint) -> None:
         self._active = LoadedModel(checkpoint.name, checkpoint.model, checkpoint.vocab, checkpoint.meta)
+        self.metrics.active_model.info(
+            {"name": checkpoint.name, "created_at": str(checkpoint.meta.get("created_at", ""))}
+        )
 
     @property
     def active(self) -> LoadedModel:
@@ -169,22 +188,34 @@ class ModelService:
 
     # ---- completion --------------------------------------------------------------------------
 
-    def complete(self, prefix: str, params: SamplingParams, n: int = 1, seed: int | None = None) -> Completion:
-        loaded = self.active  # one model for the whole request, even if a swap happens meanwhile
-        seed = random_seed() if seed is None else seed
-        seqs = generate(loaded.model, loaded.vocab, prefix, params, n=n, seed=seed)
-        choices = [
-            {"index": s.index, "text": prefix + s.text, "completion": s.text, "finish_reason": s.finish_reason}
-            for s in seqs
-        ]
-        return Completion(
-            model=loaded.name,
-            seed=seed,
+    def submit_completion(
+        self, prefix: str, params: SamplingParams, n: int = 1, seed: int | None = None, stream: bool = False
+    ) -> GenerationRequest:
+        """Queues a completion on the engine (429 when the queue is full). Call from the event loop."""
+        req = GenerationRequest(
             prefix=prefix,
-            choices=choices,
-            unknown_chars=loaded.vocab.unknown_chars(prefix),
-            prefix_chars=len(prefix),
-            completion_chars=sum(len(s.text) for s in seqs),
+            params=params,
+            n=n,
+            seed=random_seed() if seed is None else seed,
+            loaded=self.active,  # one model for the whole request, even if a swap happens meanwhile
+            stream=stream,
+            loop=asyncio.get_running_loop(),
+        )
+        self.engine.submit(req)
+        return req
+
+    def summary(self, req: GenerationRequest) -> Completion:
+        return Completion(
+            model=req.loaded.name,
+            seed=req.seed,
+            prefix=req.prefix,
+            choices=[
+                {"index": s.index, "text": req.prefix + s.text, "completion": s.text, "finish_reason": s.finish_reason}
+                for s in req.seqs
+            ],
+            unknown_chars=req.loaded.vocab.unknown_chars(req.prefix),
+            prefix_chars=len(req.prefix),
+            completion_chars=sum(len(s.text) for s in req.seqs),
         )
 
     # ---- models ------------------------------------------------------------------------------

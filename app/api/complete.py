@@ -1,15 +1,22 @@
-"""POST /complete: continue a prefix with the active model."""
+"""POST /complete: continue a prefix with the active model, whole or streamed as Server-Sent Events."""
 
 from __future__ import annotations
 
+import json
+
 from fastapi import APIRouter
+from sse_starlette import EventSourceResponse
 
 from app.deps import ServiceDep, SettingsDep
+from app.engine import GenerationRequest
 from app.errors import InvalidInput
 from app.lm.generate import SamplingParams
 from app.schemas import CompleteRequest, CompleteResponse, ErrorResponse
+from app.service import ModelService
 
 router = APIRouter(tags=["completion"])
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def check_limits(req: CompleteRequest, settings) -> None:
@@ -37,21 +44,76 @@ def sampling_params(req: CompleteRequest) -> SamplingParams:
     )
 
 
-@router.post(
-    "/complete",
-    response_model=CompleteResponse,
-    responses={422: {"model": ErrorResponse}},
-    summary="Complete a prefix",
-)
-def complete(req: CompleteRequest, service: ServiceDep, settings: SettingsDep) -> CompleteResponse:
-    """Generates up to `max_new_chars` characters after `prefix`, `n` times. Characters the model
-    has never seen are read as UNK and listed in `unknown_chars`; UNK is never generated."""
-    check_limits(req, settings)
-    result = service.complete(req.prefix, sampling_params(req), n=req.n, seed=req.seed)
+def response_body(service: ModelService, req: GenerationRequest) -> dict:
+    result = service.summary(req)
     return CompleteResponse(
         model=result.model,
         seed=result.seed,
         choices=result.choices,
         unknown_chars=result.unknown_chars,
         usage={"prefix_chars": result.prefix_chars, "completion_chars": result.completion_chars},
-    )
+    ).model_dump()
+
+
+async def sse_events(service: ModelService, req: GenerationRequest):
+    """New text as `data:` events (whatever accumulated since the last one), a final event, [DONE].
+
+    If the client disconnects, this generator is cancelled and the request leaves the batch.
+    """
+    try:
+        while True:
+            kind, payload = await req.queue.get()
+            if kind == "text":
+                merged: dict[int, str] = {}
+                for index, text in payload:
+                    merged[index] = merged.get(index, "") + text
+                while not req.queue.empty() and req.queue._queue[0][0] == "text":  # coalesce a backlog
+                    for index, text in req.queue.get_nowait()[1]:
+                        merged[index] = merged.get(index, "") + text
+                choices = [{"index": i, "text": t} for i, t in sorted(merged.items())]
+                yield {"data": json.dumps({"choices": choices}, ensure_ascii=False)}
+            elif kind == "done":
+                body = response_body(service, req)
+                body["choices"] = [
+                    {"index": c["index"], "text": "", "finish_reason": c["finish_reason"]} for c in body["choices"]
+                ]
+                yield {"data": json.dumps(body, ensure_ascii=False)}
+                yield {"data": "[DONE]"}
+                return
+            else:
+                yield {"data": json.dumps({"error": {"type": "internal_error", "message": payload}})}
+                return
+    finally:
+        req.cancel()  # a no-op when finished; otherwise stops generating for a caller who left
+
+
+@router.post(
+    "/complete",
+    response_model=CompleteResponse,
+    responses={
+        200: {
+            "description": "The completion; with `stream: true`, a text/event-stream of `data: {json}` events.",
+            "content": {"text/event-stream": {"example": 'data: {"choices": [{"index": 0, "text": " i am"}]}\n\n'}},
+        },
+        422: {"model": ErrorResponse},
+        429: {"model": ErrorResponse, "description": "Too many requests waiting; retry after Retry-After seconds."},
+    },
+    summary="Complete a prefix",
+)
+async def complete(req: CompleteRequest, service: ServiceDep, settings: SettingsDep):
+    """Generates up to `max_new_chars` characters after `prefix`, `n` times. Characters the model
+    has never seen are read as UNK and listed in `unknown_chars`; UNK is never generated.
+    Concurrent requests are decoded together (continuous batching)."""
+    check_limits(req, settings)
+    gen = service.submit_completion(req.prefix, sampling_params(req), n=req.n, seed=req.seed, stream=req.stream)
+    if req.stream:
+        return EventSourceResponse(sse_events(service, gen), headers=STREAM_HEADERS, sep="\n", ping=15)
+    try:
+        while True:
+            kind, payload = await gen.queue.get()
+            if kind == "done":
+                return response_body(service, gen)
+            if kind == "error":
+                raise RuntimeError(payload)
+    finally:
+        gen.cancel()

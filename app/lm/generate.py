@@ -91,32 +91,39 @@ class Sequence:
 
 
 def sample_next(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-    """One id per row of logits (B, V), each row with its own parameters; never UNK."""
-    logits = logits.float()
-    logits[:, UNK_INDEX] = float("-inf")
-    temps = [s.params.temperature for s in seqs]
-    greedy_ids = logits.argmax(dim=-1)  # (B,)
-    if all(t <= 0 for t in temps):
-        return greedy_ids.tolist()
-    vocab_size = logits.shape[-1]
-    temp = torch.tensor([t if t > 0 else 1.0 for t in temps], device=logits.device)
-    probs = torch.softmax(logits / temp[:, None], dim=-1)  # (B, V)
-    sorted_p, sorted_idx = probs.sort(dim=-1, descending=True)  # (B, V)
-    ranks = torch.arange(vocab_size, device=logits.device)
-    top_k = torch.tensor([s.params.top_k or vocab_size for s in seqs], device=logits.device)
-    top_p = torch.tensor([s.params.top_p for s in seqs], device=logits.device)
-    before = sorted_p.cumsum(dim=-1) - sorted_p  # mass ranked above each character
-    keep = (ranks[None, :] < top_k[:, None]) & (before < top_p[:, None])
+    """One id per row of logits (B, V), each row with its own parameters; never UNK.
+
+    Works in NumPy on the host: for the small vocabularies of character models its per-call
+    cost is a few microseconds where each torch op costs several. Every row is computed on
+    its own, so a row's choice does not depend on what else is in the batch.
+    """
+    x = logits.detach().float().cpu().numpy().astype(np.float64)  # (B, V)
+    x[:, UNK_INDEX] = -np.inf
+    greedy = x.argmax(axis=1)  # (B,)
+    temps = np.array([s.params.temperature for s in seqs])
+    sampled_rows = np.flatnonzero(temps > 0)
+    if len(sampled_rows) == 0:
+        return greedy.tolist()
+    z = x[sampled_rows] / temps[sampled_rows, None]
+    p = np.exp(z - z.max(axis=1, keepdims=True))  # (S, V), unnormalised; UNK is exp(-inf) = 0
+    p /= p.sum(axis=1, keepdims=True)
+    vocab_size = p.shape[1]
+    top_k = np.array([seqs[r].params.top_k or vocab_size for r in sampled_rows])
+    top_p = np.array([seqs[r].params.top_p for r in sampled_rows])
+    # every sampled row is ranked, filtered or not, so the same draw picks the same character
+    # whatever the other rows of the batch ask for
+    order = np.argsort(-p, axis=1, kind="stable")  # (S, V), likeliest first
+    p = np.take_along_axis(p, order, axis=1)
+    before = np.cumsum(p, axis=1) - p  # mass ranked above each character
+    keep = (np.arange(vocab_size)[None, :] < top_k[:, None]) & (before < top_p[:, None])
     keep[:, 0] = True  # the likeliest character always survives
-    keep &= sorted_p > 0
-    cdf = (sorted_p * keep).cumsum(dim=-1)  # (B, V)
+    cdf = np.cumsum(p * keep, axis=1)  # (S, V)
     # a sampled row draws exactly one number per step, a greedy row none
-    u = torch.tensor([s.rng.random() if t > 0 else 0.0 for s, t in zip(seqs, temps, strict=True)], device=logits.device)
-    choice = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)  # (B, 1)
-    choice = torch.minimum(choice, keep.sum(dim=-1, keepdim=True) - 1)
-    sampled = sorted_idx.gather(1, choice).squeeze(1)  # (B,)
-    is_greedy = torch.tensor([t <= 0 for t in temps], device=logits.device)
-    return torch.where(is_greedy, greedy_ids, sampled).tolist()
+    u = np.array([seqs[r].rng.random() for r in sampled_rows]) * cdf[:, -1]
+    choice = np.argmax(cdf > u[:, None], axis=1)  # first rank whose cumulative mass passes u
+    choice = np.take_along_axis(order, choice[:, None], axis=1)[:, 0]
+    greedy[sampled_rows] = choice
+    return greedy.tolist()
 
 
 class DecodeBatch:
@@ -171,9 +178,8 @@ class DecodeBatch:
                 return finished
             rows = torch.tensor(keep, device=self.device)
             self.state = self.state.index_select(1, rows)
-        ids = torch.tensor(next_ids, dtype=torch.long, device=self.device)[:, None]  # (B, 1)
-        logits, self.state = self.model(ids, self.state)  # (B, 1, V)
-        self.logits = logits[:, 0]
+        ids = torch.tensor(next_ids, dtype=torch.long, device=self.device)  # (B,)
+        self.logits, self.state = self.model.step(ids, self.state)  # (B, V), (R, B, H)
         return finished
 
     def remove(self, seqs: list[Sequence]) -> None:

@@ -33,3 +33,16 @@ def test_config_rejects_bad_values():
         ModelConfig(vocab_size=5, cell="transformer")
     with pytest.raises(ValueError, match="encoding"):
         ModelConfig(vocab_size=5, encoding="bytes")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("encoding", ["one_hot", "embedding"])
+def test_single_step_matches_forward(cell, encoding):
+    cfg = ModelConfig(vocab_size=9, cell=cell, hidden_size=8, num_layers=3, encoding=encoding)
+    model = CharRNN(cfg).eval()
+    ids = torch.randint(0, 9, (4, 6))
+    logits, state = model(ids)
+    _, s = model(ids[:, :5])
+    step_logits, step_state = model.step(ids[:, 5], s)
+    torch.testing.assert_close(step_logits, logits[:, -1])
+    torch.testing.assert_close(step_state, state)

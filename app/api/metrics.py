@@ -1,0 +1,17 @@
+"""GET /metrics: Prometheus text format."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.deps import ServiceDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(service: ServiceDep) -> Response:
+    m = service.metrics
+    m.queue_depth.set(service.engine.queued)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

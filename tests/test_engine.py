@@ -1,0 +1,86 @@
+"""The continuous-batching engine, driven directly."""
+
+import asyncio
+
+import pytest
+
+from app.engine import Engine, GenerationRequest
+from app.errors import Overloaded
+from app.lm.generate import SamplingParams, generate
+from app.lm.model import ModelConfig
+from app.lm.train import build_model
+from app.lm.vocab import Vocab
+from app.service import LoadedModel
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    vocab = Vocab.from_text("abcdefghij ")
+    model = build_model(ModelConfig(vocab_size=vocab.size, cell="gru", hidden_size=16), seed=2).eval()
+    return LoadedModel("m", model, vocab, {})
+
+
+async def run(engine, loaded, specs):
+    loop = asyncio.get_running_loop()
+    reqs = [
+        GenerationRequest(prefix=p, params=params, n=n, seed=seed, loaded=loaded, loop=loop)
+        for p, params, n, seed in specs
+    ]
+    for r in reqs:
+        engine.submit(r)
+    for r in reqs:
+        kind, _ = await asyncio.wait_for(r.queue.get(), 30)
+        assert kind == "done"
+    return reqs
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_concurrent_requests_get_the_same_text_as_alone(loaded, batching):
+    specs = [
+        (f"ab{k % 7}", SamplingParams(max_new_chars=20 + k, temperature=0.9, top_k=k % 5, stop=("j",)), 1 + k % 3, k)
+        for k in range(40)
+    ]
+    engine = Engine(max_batch_size=16, max_queued=100, batching=batching)
+    engine.start()
+    try:
+        reqs = asyncio.run(run(engine, loaded, specs))
+    finally:
+        engine.stop()
+    for req, (prefix, params, n, seed) in zip(reqs, specs, strict=True):
+        alone = generate(loaded.model, loaded.vocab, prefix, params, n=n, seed=seed)
+        assert [s.text for s in req.seqs] == [s.text for s in alone]
+
+
+def test_a_full_queue_is_refused_with_retry_after(loaded):
+    engine = Engine(max_batch_size=4, max_queued=2)  # not started: nothing leaves the queue
+
+    async def fill():
+        loop = asyncio.get_running_loop()
+        for _ in range(2):
+            engine.submit(GenerationRequest("a", SamplingParams(), 1, 0, loaded, loop=loop))
+        with pytest.raises(Overloaded) as err:
+            engine.submit(GenerationRequest("a", SamplingParams(), 1, 0, loaded, loop=loop))
+        return err.value
+
+    err = asyncio.run(fill())
+    assert err.status == 429
+    assert err.headers["Retry-After"] == "1"
+
+
+def test_batch_never_exceeds_its_bound(loaded):
+    engine = Engine(max_batch_size=5, max_queued=100)
+    seen = []
+    original = engine._step
+
+    def spy():
+        seen.append(engine.rows)
+        original()
+
+    engine._step = spy
+    engine.start()
+    try:
+        asyncio.run(run(engine, loaded, [("a", SamplingParams(max_new_chars=15), 2, k) for k in range(10)]))
+    finally:
+        engine.stop()
+    assert max(seen) <= 5
+    assert max(seen) >= 4  # and it does batch
