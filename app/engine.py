@@ -155,20 +155,24 @@ class Engine:
             self._running.append(req)
 
     def _step(self) -> None:
+        # cancellation is read once per step: a flag set meanwhile is handled at the next step,
+        # never half-way (which could strand a caller's sequences in the batch)
+        gone = [r for r in self._running if r.cancelled]
+        if gone:
+            seqs = [s for r in gone for s in r.seqs]
+            for batch in self._batches.values():
+                batch.remove(seqs)
+            for req in gone:
+                self._finish(req, "cancelled")
+            self._running = [r for r in self._running if r not in gone]
         stepped = 0
         for key, batch in list(self._batches.items()):
-            cancelled = [s for r in self._running if r.cancelled for s in r.seqs]
-            if cancelled:
-                batch.remove(cancelled)
             stepped += len(batch)
             batch.step()
             if not batch.seqs:
                 del self._batches[key]
         still = []
         for req in self._running:
-            if req.cancelled:
-                self._finish(req, "cancelled")
-                continue
             if req.stream:
                 deltas = [(s.index, t) for s in req.seqs if (t := s.take_new_text())]
                 if deltas:
@@ -180,7 +184,8 @@ class Engine:
         self._running = still
         if self.metrics:
             self.metrics.generated_chars.inc(stepped)
-            self.metrics.decode_steps.inc()
+            if stepped:
+                self.metrics.decode_steps.inc()
             self.metrics.batch_size.set(self.rows)
 
     def _finish(self, req: GenerationRequest, outcome: str) -> None:
