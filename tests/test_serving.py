@@ -50,12 +50,11 @@ def test_a_seed_gives_the_same_text_alone_or_among_63_concurrent_requests(server
 def test_a_client_that_disconnects_stops_its_generation(server):
     before = metric(server, "charrnn_generated_chars_total")
     body = {"prefix": "good", "max_new_chars": 1_000_000, "temperature": 1.0, "stream": True}
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        with client.stream("POST", "/complete", json=body) as r:
-            lines = r.iter_lines()
-            events = parse_events(next(lines) for _ in range(10))
-            assert events
-        # leaving the block closes the connection mid-stream
+    with httpx.Client(base_url=server.url, timeout=30) as client, client.stream("POST", "/complete", json=body) as r:
+        lines = r.iter_lines()
+        events = parse_events(next(lines) for _ in range(10))
+        assert events
+    # leaving the block closed the connection mid-stream
     wait_for(lambda: metric(server, "charrnn_batch_size") == 0, timeout=20)
     stopped_at = metric(server, "charrnn_generated_chars_total")
     assert stopped_at - before < 1_000_000
@@ -64,6 +63,16 @@ def test_a_client_that_disconnects_stops_its_generation(server):
         httpx.get(server.url + "/health")
         assert metric(server, "charrnn_generated_chars_total") == stopped_at
     assert metric(server, 'charrnn_completions_total{outcome="cancelled"}') >= 1
+
+
+def test_a_client_that_gives_up_on_a_whole_response_stops_its_generation(server):
+    before = metric(server, 'charrnn_completions_total{outcome="cancelled"}')
+    body = {"prefix": "good", "max_new_chars": 1_000_000, "temperature": 1.0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/complete", json=body, timeout=0.5)
+    wait_for(lambda: metric(server, 'charrnn_completions_total{outcome="cancelled"}') == before + 1, timeout=20)
+    wait_for(lambda: metric(server, "charrnn_batch_size") == 0, timeout=20)
+    assert metric(server, "charrnn_generated_chars_total") < 1_000_000
 
 
 def test_first_event_arrives_before_the_completion_is_done(server):

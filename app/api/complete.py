@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
 from app.deps import ServiceDep, SettingsDep
@@ -100,7 +101,7 @@ async def sse_events(service: ModelService, req: GenerationRequest):
     },
     summary="Complete a prefix",
 )
-async def complete(req: CompleteRequest, service: ServiceDep, settings: SettingsDep):
+async def complete(req: CompleteRequest, request: Request, service: ServiceDep, settings: SettingsDep):
     """Generates up to `max_new_chars` characters after `prefix`, `n` times. Characters the model
     has never seen are read as UNK and listed in `unknown_chars`; UNK is never generated.
     Concurrent requests are decoded together (continuous batching)."""
@@ -108,12 +109,25 @@ async def complete(req: CompleteRequest, service: ServiceDep, settings: Settings
     gen = service.submit_completion(req.prefix, sampling_params(req), n=req.n, seed=req.seed, stream=req.stream)
     if req.stream:
         return EventSourceResponse(sse_events(service, gen), headers=STREAM_HEADERS, sep="\n", ping=15)
+    # a caller that hangs up before the answer is ready stops its generation, as in streaming
+    disconnected = asyncio.ensure_future(wait_for_disconnect(request))
     try:
         while True:
-            kind, payload = await gen.queue.get()
+            item = asyncio.ensure_future(gen.queue.get())
+            await asyncio.wait({item, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+            if not item.done():
+                item.cancel()
+                return Response(status_code=499)  # nobody is listening; the status is for the logs
+            kind, payload = item.result()
             if kind == "done":
                 return response_body(service, gen)
             if kind == "error":
                 raise RuntimeError(payload)
     finally:
+        disconnected.cancel()
         gen.cancel()
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

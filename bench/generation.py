@@ -1,0 +1,148 @@
+"""Tutorial sampler (baseline) vs the service's decoder, on the same weights; prints one JSON object."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.lm import default  # noqa: E402
+from app.lm.generate import SamplingParams, generate  # noqa: E402
+from app.lm.model import CharRNN, ModelConfig  # noqa: E402
+from app.lm.train import build_model, train_on_text  # noqa: E402
+from app.lm.vocab import Vocab  # noqa: E402
+from tests.server import Server  # noqa: E402
+
+
+def tutorial_sample(model: CharRNN, vocab: Vocab, out_len: int, start: str) -> str:
+    """BASELINE: the tutorial's predict()/sample(), faithfully: every new character re-runs the
+    whole text so far (one-hot encoded with NumPy where the model takes one-hot input) from a
+    zero hidden state, with autograd on as in the tutorial, and takes the argmax of the last output."""
+    model.eval()
+    dict_size = model.config.vocab_size
+    chars = list(start)
+    for _ in range(out_len - len(chars)):
+        ids = np.array([vocab.encode("".join(chars))])
+        if model.config.encoding == "one_hot":
+            features = np.zeros((1, ids.shape[1], dict_size), dtype=np.float32)
+            for u in range(ids.shape[1]):
+                features[0, u, ids[0, u]] = 1
+            x = torch.from_numpy(features)
+        else:
+            x = model.embed(torch.from_numpy(ids))
+        hidden = model.init_state(1)
+        if model.config.cell == "lstm":
+            h, c = hidden.chunk(2)
+            out, _ = model.rnn(x, (h, c))
+        else:
+            out, _ = model.rnn(x, hidden)
+        out = model.fc(out.contiguous().view(-1, model.config.hidden_size))
+        prob = nn.functional.softmax(out[-1], dim=0).data
+        prob[vocab.unk_index] = 0  # the tutorial had no UNK; never emit it here either
+        char_ind = torch.max(prob, dim=0)[1].item()
+        chars.append(vocab.id_to_char(char_ind))
+    return "".join(chars)
+
+
+def chars_per_s(fn, new_chars: int, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return new_chars / statistics.median(times)
+
+
+def compare(model: CharRNN, vocab: Vocab, prefix: str, lengths: list[int], repeats: int) -> list[dict]:
+    rows = []
+    for n in lengths:
+        base_out = tutorial_sample(model, vocab, len(prefix) + n, prefix)
+        ours_out = prefix + generate(model, vocab, prefix, SamplingParams(max_new_chars=n))[0].text
+        base = chars_per_s(
+            lambda n=n: tutorial_sample(model, vocab, len(prefix) + n, prefix), n, 1 if n > 500 else repeats
+        )
+        ours = chars_per_s(lambda n=n: generate(model, vocab, prefix, SamplingParams(max_new_chars=n)), n, repeats)
+        rows.append(
+            {
+                "new_chars": n,
+                "baseline_tutorial_chars_per_s": round(base, 1),
+                "service_decoder_chars_per_s": round(ours, 1),
+                "ratio": round(ours / base, 1),
+                "same_text": base_out == ours_out,
+            }
+        )
+    return rows
+
+
+def http_default_model(new_chars: int, repeats: int) -> float:
+    with tempfile.TemporaryDirectory() as store, Server(store) as server, httpx.Client(timeout=120) as client:
+        body = {"prefix": "good", "max_new_chars": new_chars}
+        client.post(server.url + "/complete", json=body)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            r = client.post(server.url + "/complete", json=body)
+            times.append(time.perf_counter() - t)
+            assert r.status_code == 200 and r.json()["usage"]["completion_chars"] == new_chars
+    return new_chars / statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lengths", default="200,2000")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    lengths = [int(x) for x in args.lengths.split(",")]
+
+    tiny, tiny_vocab, _, _ = train_on_text(
+        sentences=default.SENTENCES, config=default.TRAIN_CONFIG, **default.MODEL_KWARGS
+    )
+    corpus = (ROOT.parent / "shared" / "corpora" / "shakespeare_train.txt").read_text()
+    vocab = Vocab.from_text(corpus)
+    lstm_cfg = ModelConfig(vocab_size=vocab.size, cell="lstm", hidden_size=256, num_layers=2, encoding="embedding")
+    lstm = build_model(lstm_cfg, seed=0).eval()
+
+    default_rows = compare(tiny, tiny_vocab, "good", lengths, args.repeats)
+    lstm_rows = compare(lstm, vocab, "ROMEO:\n", lengths, args.repeats)
+    http_len = max(lengths)
+    http = http_default_model(http_len, args.repeats)
+    tutorial_same_len = next(r for r in default_rows if r["new_chars"] == http_len)["baseline_tutorial_chars_per_s"]
+    print(
+        json.dumps(
+            {
+                "bench": "generation",
+                "settings": {
+                    "greedy": True,
+                    "repeats_median_of": args.repeats,
+                    "torch_threads": torch.get_num_threads(),
+                    "baseline": "tutorial sample(): whole text re-run per character (O(n^2))",
+                    "lstm": lstm_cfg.to_json() | {"weights": "untrained, seed 0 (speed only)"},
+                },
+                "default_model": default_rows,
+                "lstm_2x256_embedding": lstm_rows,
+                "default_model_http": {
+                    "new_chars": http_len,
+                    "http_chars_per_s": round(http, 1),
+                    "tutorial_chars_per_s": tutorial_same_len,
+                    "ratio_vs_tutorial": round(http / tutorial_same_len, 1),
+                },
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""Serving throughput and latency over HTTP, batching on vs off, against a matmul roofline; prints one JSON object."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.lm.model import ModelConfig  # noqa: E402
+from app.lm.store import ModelStore  # noqa: E402
+from app.lm.train import build_model  # noqa: E402
+from app.lm.vocab import Vocab  # noqa: E402
+from tests.server import Server  # noqa: E402
+
+log = logging.getLogger("bench.serve")
+
+MODEL_NAME = "lstm2x256"
+PREFIX = "ROMEO:\n"
+MAX_NEW_CHARS = 200
+TEMPERATURE = 0.8
+SINGLE_CHARS = 1000
+SINGLE_TARGET_CHARS_PER_S = 5000
+SERVER_ENV = {"CHARRNN_LOG_LEVEL": "warning", "CHARRNN_MAX_QUEUED_REQUESTS": "1024"}
+TIMEOUT = httpx.Timeout(120.0)
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def build_store(store: Path, corpus: Path) -> ModelConfig:
+    """Saves an untrained (seed 0) 2x256 embedding LSTM over the corpus's characters and activates it."""
+    vocab = Vocab.from_text(corpus.read_text(encoding="utf-8"))
+    cfg = ModelConfig(vocab_size=vocab.size, cell="lstm", hidden_size=256, num_layers=2, encoding="embedding")
+    model_store = ModelStore(store)
+    model_store.save(MODEL_NAME, build_model(cfg, seed=0).eval(), vocab)
+    model_store.set_active(MODEL_NAME)
+    return cfg
+
+
+def matmul_flops_per_s(size: int = 1024, repeats: int = 10) -> float:
+    """Median float32 rate of size x size @ size x size, with torch's default threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * size**3 / statistics.median(times)
+
+
+# ---- concurrent load ----------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    window_start: float
+    window_end: float
+    seeds: itertools.count
+    latencies: list[float] = field(default_factory=list)
+    chars: int = 0
+    errors: int = 0
+    first_error: str | None = None
+
+    def error(self, message: str) -> None:
+        self.errors += 1
+        self.first_error = self.first_error or message
+
+
+async def client_loop(client: httpx.AsyncClient, url: str, load: Load, delay: float) -> None:
+    """After `delay`, posts completions back to back until the window closes; counts those that end inside it."""
+    await asyncio.sleep(delay)
+    while time.perf_counter() < load.window_end:
+        body = {"prefix": PREFIX, "max_new_chars": MAX_NEW_CHARS, "temperature": TEMPERATURE, "seed": next(load.seeds)}
+        start = time.perf_counter()
+        try:
+            r = await client.post(url, json=body)
+        except httpx.HTTPError as exc:
+            load.error(f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(0.05)
+            continue
+        end = time.perf_counter()
+        if r.status_code != 200:
+            load.error(f"HTTP {r.status_code}: {r.text[:200]}")
+            await asyncio.sleep(0.05)
+            continue
+        if load.window_start <= end <= load.window_end:
+            load.latencies.append(end - start)
+            load.chars += r.json()["usage"]["completion_chars"]
+
+
+async def run_load(url: str, clients: int, seconds: float, warmup: float, seeds: itertools.count) -> Load:
+    """`clients` loops for warmup + seconds; in-flight requests at the end finish uncounted (server left idle).
+
+    Clients start staggered over the first half of the warm-up, so equal-length requests do not all end
+    together in bursts that would make the count depend on where the window edges fall.
+    """
+    now = time.perf_counter()
+    load = Load(now + warmup, now + warmup + seconds, seeds)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=TIMEOUT) as client:
+        await asyncio.gather(
+            *(client_loop(client, url + "/complete", load, i * warmup / 2 / clients) for i in range(clients))
+        )
+    return load
+
+
+def load_row(batching: bool, clients: int, load: Load, seconds: float, roofline: float) -> dict:
+    rate = load.chars / seconds
+    return {
+        "batching": batching,
+        "clients": clients,
+        "requests": len(load.latencies),
+        "errors": load.errors,
+        "first_error": load.first_error,
+        "aggregate_chars_per_s": round(rate, 1),
+        "latency_p50_ms": ms(percentile(load.latencies, 50)),
+        "latency_p99_ms": ms(percentile(load.latencies, 99)),
+        "roofline_fraction": round(rate / roofline, 4),
+    }
+
+
+# ---- sequential probes --------------------------------------------------------------------------
+
+
+def first_text_event(client: httpx.Client, url: str, seed: int) -> float:
+    """Seconds from sending a streamed request to its first `data:` event carrying text; reads it to [DONE]."""
+    body = {"prefix": PREFIX, "max_new_chars": MAX_NEW_CHARS, "temperature": TEMPERATURE, "seed": seed, "stream": True}
+    start = time.perf_counter()
+    first, done = None, False
+    with client.stream("POST", url + "/complete", json=body) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[len("data:") :].strip()
+            if data == "[DONE]":
+                done = True
+            elif first is None and any(c.get("text") for c in json.loads(data).get("choices", [])):
+                first = time.perf_counter() - start
+    if first is None or not done:
+        raise RuntimeError(f"stream ended without text or [DONE] (text seen: {first is not None})")
+    return first
+
+
+def ttfe(url: str, requests: int, seeds: itertools.count) -> dict:
+    with httpx.Client(timeout=TIMEOUT) as client:
+        times = [first_text_event(client, url, next(seeds)) for _ in range(requests)]
+    return {
+        "requests": requests,
+        "ttfe_p50_ms": ms(percentile(times, 50)),
+        "ttfe_p99_ms": ms(percentile(times, 99)),
+        "ttfe_max_ms": ms(max(times)),
+    }
+
+
+def single_request(url: str, repeats: int) -> dict:
+    """One client, greedy, SINGLE_CHARS new characters per request: median chars/s over `repeats`."""
+    body = {"prefix": PREFIX, "max_new_chars": SINGLE_CHARS, "temperature": 0.0}
+    rates = []
+    with httpx.Client(timeout=TIMEOUT) as client:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            r = client.post(url + "/complete", json=body)
+            elapsed = time.perf_counter() - t
+            r.raise_for_status()
+            rates.append(r.json()["usage"]["completion_chars"] / elapsed)
+    rate = statistics.median(rates)
+    return {
+        "new_chars": SINGLE_CHARS,
+        "repeats_median_of": repeats,
+        "single_request_1000_chars_per_s": round(rate, 1),
+        "all_chars_per_s": [round(x, 1) for x in rates],
+        "target_chars_per_s": SINGLE_TARGET_CHARS_PER_S,
+        "meets_target": rate >= SINGLE_TARGET_CHARS_PER_S,
+    }
+
+
+def warm_up(url: str) -> None:
+    """A couple of uncounted requests so first-call costs do not land in any measurement."""
+    with httpx.Client(timeout=TIMEOUT) as client:
+        for seed in range(2):
+            body = {"prefix": PREFIX, "max_new_chars": MAX_NEW_CHARS, "temperature": TEMPERATURE, "seed": seed}
+            client.post(url + "/complete", json=body).raise_for_status()
+
+
+# ---- driver -------------------------------------------------------------------------------------
+
+
+def serve_mode(store: Path, batching: bool, args, roofline: float, seeds: itertools.count) -> tuple[list, dict]:
+    """One server: probes (batching on only), then every client count. Returns load rows and probe results."""
+    env = {**SERVER_ENV, "CHARRNN_BATCHING": "true" if batching else "false"}
+    probes: dict = {}
+    with Server(store, env=env) as server:
+        warm_up(server.url)
+        if batching:
+            log.info("batching on: single request and time to first event")
+            probes["single_request"] = single_request(server.url, args.single_repeats)
+            probes["time_to_first_event"] = ttfe(server.url, args.ttfe_requests, seeds)
+        rows = []
+        for clients in args.clients:
+            log.info("batching %s, %d clients", "on" if batching else "off", clients)
+            load = asyncio.run(run_load(server.url, clients, args.seconds, args.warmup, seeds))
+            rows.append(load_row(batching, clients, load, args.seconds, roofline))
+            log.info("  %s", rows[-1])
+    return rows, probes
+
+
+def summary(rows: list[dict], clients: int, roofline: float, matmul: float, flops_per_char: int) -> dict:
+    at = {r["batching"]: r for r in rows if r["clients"] == clients}
+    on, off = at[True]["aggregate_chars_per_s"], at[False]["aggregate_chars_per_s"]
+    return {
+        "at_clients": clients,
+        "aggregate_chars_per_s_batching_on": on,
+        "aggregate_chars_per_s_batching_off": off,
+        "batching_speedup": round(on / off, 2) if off else None,
+        "roofline_chars_per_s": round(roofline, 1),
+        "roofline_fraction_batching_on": at[True]["roofline_fraction"],
+        "roofline_fraction_batching_off": at[False]["roofline_fraction"],
+        "matmul_gflop_per_s": round(matmul / 1e9, 2),
+        "flops_per_char": flops_per_char,
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured window per (batching, clients)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="uncounted seconds before each window")
+    parser.add_argument("--clients", default="1,8,32,64", help="comma-separated concurrency levels")
+    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpora" / "shakespeare_train.txt")
+    parser.add_argument("--quick", action="store_true", help="smoke run of about 20 s")
+    args = parser.parse_args()
+    args.clients = [int(c) for c in args.clients.split(",")]
+    args.ttfe_requests, args.single_repeats, args.matmul_repeats = 20, 5, 10
+    if args.quick:
+        args.seconds, args.warmup, args.clients = 1.0, 0.3, [1, 8]
+        args.ttfe_requests, args.single_repeats, args.matmul_repeats = 5, 2, 3
+    return args
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parse_args()
+    started = time.perf_counter()
+    matmul = matmul_flops_per_s(repeats=args.matmul_repeats)
+    seeds = itertools.count(1000)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp)
+        cfg = build_store(store, args.corpus)
+        roofline = matmul / cfg.flops_per_char()
+        rows_on, probes = serve_mode(store, True, args, roofline, seeds)
+        rows_off, _ = serve_mode(store, False, args, roofline, seeds)
+    rows = rows_on + rows_off
+    result = {
+        "bench": "serve",
+        "settings": {
+            "model": cfg.to_json() | {"name": MODEL_NAME, "weights": "untrained, build_model seed 0 (speed only)"},
+            "flops_per_char": cfg.flops_per_char(),
+            "matmul_gflop_per_s": round(matmul / 1e9, 2),
+            "matmul": f"float32 1024x1024 @ 1024x1024, median of {args.matmul_repeats}",
+            "roofline_chars_per_s": round(roofline, 1),
+            "seconds": args.seconds,
+            "warmup_seconds": args.warmup,
+            "clients": args.clients,
+            "torch_threads": torch.get_num_threads(),
+            "prefix": PREFIX,
+            "max_new_chars": MAX_NEW_CHARS,
+            "temperature": TEMPERATURE,
+            "server_env": SERVER_ENV,
+            "counting": "requests ending inside the window; errors over the whole run incl. warm-up and drain; "
+            "client starts staggered over the first half of the warm-up",
+            "quick": args.quick,
+        },
+        "results": rows,
+        **probes,
+        "summary": summary(rows, max(args.clients), roofline, matmul, cfg.flops_per_char()),
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
