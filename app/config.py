@@ -28,6 +28,9 @@ class Settings(BaseSettings):
         256, ge=0, le=100_000, description="Completions waiting beyond this get 429 with Retry-After."
     )
     batching: bool = Field(True, description="Continuous batching; false decodes one request per forward.")
+    decode_workers: int = Field(
+        0, ge=0, le=64, description="Decoding threads; 0 = one per CPU core (at most 4) on CPU, one on GPU."
+    )
     torch_threads: int = Field(0, ge=0, le=1024, description="Threads torch may use; 0 = torch's default.")
 
     max_corpus_chars: int = Field(50_000_000, ge=1, description="Largest training text, in characters.")

@@ -11,7 +11,8 @@ from app.errors import NotReady
 from app.service import ModelService
 
 
-def get_service(request: Request) -> ModelService:
+async def get_service(request: Request) -> ModelService:
+    # async: a plain def would cost every request a hop through the thread pool
     service = getattr(request.app.state, "service", None)
     if service is None:
         raise NotReady("the service is starting; try again shortly")

@@ -55,86 +55,132 @@ class GenerationRequest:
 
 
 class Engine:
-    def __init__(self, max_batch_size: int, max_queued: int, batching: bool = True, metrics: Metrics | None = None):
-        self.max_batch_size = max_batch_size
+    """Dispatches requests to decode workers: each worker is a thread with its own batches.
+
+    Several workers, each with one torch thread, keep both cores of a small machine busy
+    without OpenMP's lock-step: a worker held up by the event loop or a client does not stall
+    the other's matrix products. A new request goes to the least loaded worker.
+    """
+
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_queued: int,
+        batching: bool = True,
+        metrics: Metrics | None = None,
+        workers: int = 1,
+    ):
+        workers = max(1, workers if batching else 1)  # batching off: one request at a time, in all
         self.max_queued = max_queued
+        self.metrics = metrics
+        per_worker = max(1, max_batch_size // workers)
+        self.workers = [_Worker(f"decode-{k}", per_worker, batching, metrics, workers > 1) for k in range(workers)]
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def submit(self, req: GenerationRequest) -> None:
+        """Queues a request, or refuses it with 429 when the queue is full."""
+        with self._lock:
+            if self._stopping:
+                raise NotReady("the service is shutting down", headers={"Retry-After": "5"})
+            waiting = self.queued
+            if waiting >= self.max_queued:
+                raise Overloaded(
+                    f"{waiting} requests are already waiting; try again shortly", headers={"Retry-After": "1"}
+                )
+            min(self.workers, key=lambda w: w.load).submit(req)
+
+    @property
+    def rows(self) -> int:
+        return sum(w.rows for w in self.workers)
+
+    @property
+    def queued(self) -> int:
+        return sum(len(w.pending) for w in self.workers)
+
+    def start(self) -> None:
+        for w in self.workers:
+            w.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Lets the requests in flight finish (up to `timeout`), then stops the threads."""
+        with self._lock:
+            self._stopping = True
+        for w in self.workers:
+            w.stop(timeout)
+
+
+class _Worker:
+    """One decoding thread: admits its requests between steps and steps all of them together."""
+
+    def __init__(self, name: str, max_batch_size: int, batching: bool, metrics: Metrics | None, one_thread: bool):
+        self.name = name
+        self.max_batch_size = max_batch_size
         self.batching = batching
         self.metrics = metrics
-        self._pending: deque[GenerationRequest] = deque()
+        self.one_thread = one_thread
+        self.pending: deque[GenerationRequest] = deque()
         self._running: list[GenerationRequest] = []
         self._batches: dict[int, DecodeBatch] = {}  # one per model in use, keyed by id(model)
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    # ---- caller side (event loop) -------------------------------------------------------------
-
-    def submit(self, req: GenerationRequest) -> None:
-        """Queues a request, or refuses it with 429 when the queue is full."""
-        with self._wake:
-            if len(self._pending) >= self.max_queued:
-                raise Overloaded(
-                    f"{len(self._pending)} requests are already waiting; try again shortly",
-                    headers={"Retry-After": "1"},
-                )
-            if self._stopping:
-                raise NotReady("the service is shutting down", headers={"Retry-After": "5"})
-            self._pending.append(req)
-            if self.metrics:
-                self.metrics.queue_depth.set(len(self._pending))
-            self._wake.notify()
-
     @property
     def rows(self) -> int:
-        return sum(len(b) for b in self._batches.values())
+        return sum(len(b) for b in list(self._batches.values()))
 
     @property
-    def queued(self) -> int:
-        return len(self._pending)
+    def load(self) -> int:
+        return self.rows + sum(r.n for r in list(self.pending))
 
-    # ---- lifecycle ----------------------------------------------------------------------------
+    def submit(self, req: GenerationRequest) -> None:
+        with self._wake:
+            self.pending.append(req)
+            self._wake.notify()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="decode-engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Lets the requests in flight finish (up to `timeout`), then stops the thread."""
+    def stop(self, timeout: float) -> None:
         with self._wake:
             self._stopping = True
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(timeout)
 
-    # ---- engine thread ------------------------------------------------------------------------
-
     def _run(self) -> None:
+        if self.one_thread:
+            torch.set_num_threads(1)  # per thread: the workers are the parallelism
         while True:
             with self._wake:
-                while not self._pending and not self._running:
+                while not self.pending and not self._running:
                     if self._stopping:
                         return
                     self._wake.wait()
             try:
                 self._admit()
                 self._step()
-            except Exception as exc:  # never leave a caller waiting on a dead engine
+            except Exception as exc:  # never leave a caller waiting on a dead worker
                 log.exception("decoding step failed")
-                for req in self._running + list(self._pending):
+                with self._wake:
+                    failed = self._running + list(self.pending)
+                    self.pending.clear()
+                for req in failed:
                     req._send("error", f"generation failed: {type(exc).__name__}")
                 self._running.clear()
-                self._pending.clear()
                 self._batches.clear()
 
     def _admit(self) -> None:
         """Moves waiting requests into the batch while there is room (batching off: one at a time)."""
         while True:
             with self._wake:
-                if not self._pending:
+                if not self.pending:
                     break
-                req = self._pending[0]
+                req = self.pending[0]
                 if req.cancelled:
-                    self._pending.popleft()
+                    self.pending.popleft()
                     self._finish(req, "cancelled")
                     continue
                 rows = self.rows
@@ -144,9 +190,7 @@ class Engine:
                     fits = not self._running
                 if not fits:
                     break
-                self._pending.popleft()
-                if self.metrics:
-                    self.metrics.queue_depth.set(len(self._pending))
+                self.pending.popleft()
             loaded = req.loaded
             batch = self._batches.get(id(loaded.model))
             if batch is None:
@@ -167,9 +211,9 @@ class Engine:
             self._running = [r for r in self._running if r not in gone]
         stepped = 0
         for key, batch in list(self._batches.items()):
-            stepped += len(batch)
             batch.step()
-            if not batch.seqs:
+            stepped += batch.sampled
+            if not batch.busy:
                 del self._batches[key]
         still = []
         for req in self._running:
@@ -182,11 +226,9 @@ class Engine:
             else:
                 still.append(req)
         self._running = still
-        if self.metrics:
+        if self.metrics and stepped:
             self.metrics.generated_chars.inc(stepped)
-            if stepped:
-                self.metrics.decode_steps.inc()
-            self.metrics.batch_size.set(self.rows)
+            self.metrics.decode_steps.inc()
 
     def _finish(self, req: GenerationRequest, outcome: str) -> None:
         if self.metrics:

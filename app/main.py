@@ -61,7 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.dependency_overrides[get_settings] = lambda: settings
+
+    async def _settings() -> Settings:  # async: no thread-pool hop per request
+        return settings
+
+    app.dependency_overrides[get_settings] = _settings
     install_error_handlers(app)
     for module in (complete, vocab, train, models, health, metrics):
         app.include_router(module.router)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 import uuid
@@ -102,7 +103,10 @@ class ModelService:
             max_queued=settings.max_queued_requests,
             batching=settings.batching,
             metrics=self.metrics,
+            workers=decode_workers(settings.decode_workers, device),
         )
+        self.metrics.batch_size.set_function(lambda: self.engine.rows)
+        self.metrics.queue_depth.set_function(lambda: self.engine.queued)
         self._active: LoadedModel | None = None
         self._jobs: OrderedDict[str, TrainingJob] = OrderedDict()
         self._jobs_lock = threading.Lock()
@@ -321,6 +325,13 @@ class ModelService:
             log.exception("training job %s failed", job.job_id)
         finally:
             job.finished_at = _now()
+
+
+def decode_workers(setting: int, device: torch.device) -> int:
+    """0 = automatic: one per CPU core (at most 4) on the CPU; one on a GPU, where kernels queue anyway."""
+    if setting > 0:
+        return setting
+    return min(os.cpu_count() or 1, 4) if device.type == "cpu" else 1
 
 
 def _without_text(training: dict) -> dict:

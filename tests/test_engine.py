@@ -34,13 +34,13 @@ async def run(engine, loaded, specs):
     return reqs
 
 
-@pytest.mark.parametrize("batching", [True, False])
-def test_concurrent_requests_get_the_same_text_as_alone(loaded, batching):
+@pytest.mark.parametrize(("batching", "workers"), [(True, 1), (True, 2), (False, 1)])
+def test_concurrent_requests_get_the_same_text_as_alone(loaded, batching, workers):
     specs = [
         (f"ab{k % 7}", SamplingParams(max_new_chars=20 + k, temperature=0.9, top_k=k % 5, stop=("j",)), 1 + k % 3, k)
         for k in range(40)
     ]
-    engine = Engine(max_batch_size=16, max_queued=100, batching=batching)
+    engine = Engine(max_batch_size=16, max_queued=100, batching=batching, workers=workers)
     engine.start()
     try:
         reqs = asyncio.run(run(engine, loaded, specs))
@@ -67,20 +67,35 @@ def test_a_full_queue_is_refused_with_retry_after(loaded):
     assert err.headers["Retry-After"] == "1"
 
 
-def test_batch_never_exceeds_its_bound(loaded):
-    engine = Engine(max_batch_size=5, max_queued=100)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batch_never_exceeds_its_bound(loaded, workers):
+    engine = Engine(max_batch_size=10, max_queued=100, workers=workers)
     seen = []
-    original = engine._step
+    for worker in engine.workers:
+        original = worker._step
 
-    def spy():
-        seen.append(engine.rows)
-        original()
+        def spy(original=original):
+            seen.append(engine.rows)
+            original()
 
-    engine._step = spy
+        worker._step = spy
     engine.start()
     try:
-        asyncio.run(run(engine, loaded, [("a", SamplingParams(max_new_chars=15), 2, k) for k in range(10)]))
+        asyncio.run(run(engine, loaded, [("a", SamplingParams(max_new_chars=300), 2, k) for k in range(20)]))
     finally:
         engine.stop()
-    assert max(seen) <= 5
-    assert max(seen) >= 4  # and it does batch
+    assert max(seen) <= 10
+    assert max(seen) >= 8  # and it does batch
+
+
+def test_requests_spread_over_workers(loaded):
+    engine = Engine(max_batch_size=64, max_queued=100, workers=2)
+    engine.start()
+    try:
+        reqs = asyncio.run(run(engine, loaded, [("ab", SamplingParams(max_new_chars=30), 1, k) for k in range(8)]))
+    finally:
+        engine.stop()
+    alone = [
+        generate(loaded.model, loaded.vocab, "ab", SamplingParams(max_new_chars=30), seed=k)[0].text for k in range(8)
+    ]
+    assert [r.seqs[0].text for r in reqs] == alone

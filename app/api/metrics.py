@@ -12,6 +12,4 @@ router = APIRouter(tags=["health"])
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics(service: ServiceDep) -> Response:
-    m = service.metrics
-    m.queue_depth.set(service.engine.queued)
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

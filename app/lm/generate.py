@@ -1,9 +1,11 @@
 """Decoding: the prefix is read once, then every new character is one step that carries the state.
 
 A DecodeBatch holds any number of sequences, each with its own sampling parameters and
-random generator; sequences join after their prefix is read and leave when they finish,
-so one forward pass per step serves every request in the batch. The tutorial instead
-re-ran the whole text for each new character: O(n^2) for n characters.
+random generator. Sequences join between steps and leave when they finish, so one forward
+pass per step serves every request in the batch. A short prefix is fed through those same
+batched steps (one character per step, nothing sampled); a long one is read in chunks by
+the sequence model first. The tutorial instead re-ran the whole text for each new
+character: O(n^2) for n characters.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import torch
 
 from app.lm.model import CharRNN
 from app.lm.vocab import UNK_INDEX, Vocab
+
+FEED_IN_BATCH = 32  # prefixes up to this long are fed through the shared batched steps
+PREFILL_CHUNK = 512  # longer prefixes are read this many characters per engine step
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class Sequence:
         # one stream per (seed, index): choices of one request differ, and a sequence's draws
         # never depend on what else shares its batch
         self.rng = np.random.default_rng([seed, index])
+        self._uniforms = np.empty(0)  # drawn in blocks: same values as one draw per call, far cheaper
+        self._next_uniform = 0
         self.chars: list[str] = []
         self.steps = 0  # characters sampled, including any that a stop string later removed
         self.finish_reason: str | None = None
@@ -48,6 +55,14 @@ class Sequence:
         self._stop_window = max((len(s) for s in params.stop), default=0)
         if params.max_new_chars <= 0:
             self.finish_reason = "length"
+
+    def uniform(self) -> float:
+        """The next number in [0, 1) of this sequence's own stream."""
+        if self._next_uniform == len(self._uniforms):
+            self._uniforms = self.rng.random(64)
+            self._next_uniform = 0
+        self._next_uniform += 1
+        return self._uniforms[self._next_uniform - 1]
 
     @property
     def finished(self) -> bool:
@@ -94,107 +109,156 @@ def sample_next(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
     """One id per row of logits (B, V), each row with its own parameters; never UNK.
 
     Works in NumPy on the host: for the small vocabularies of character models its per-call
-    cost is a few microseconds where each torch op costs several. Every row is computed on
-    its own, so a row's choice does not depend on what else is in the batch.
+    cost is a few microseconds where each torch op costs several. Each row is computed on its
+    own and its cumulative distribution is always taken in vocabulary order, so a row's choice
+    does not depend on what else is in the batch.
     """
     x = logits.detach().float().cpu().numpy().astype(np.float64)  # (B, V)
     x[:, UNK_INDEX] = -np.inf
     greedy = x.argmax(axis=1)  # (B,)
-    temps = np.array([s.params.temperature for s in seqs])
-    sampled_rows = np.flatnonzero(temps > 0)
-    if len(sampled_rows) == 0:
+    temps = np.fromiter((s.params.temperature for s in seqs), np.float64, len(seqs))
+    rows = np.flatnonzero(temps > 0)
+    if len(rows) == 0:
         return greedy.tolist()
-    z = x[sampled_rows] / temps[sampled_rows, None]
-    p = np.exp(z - z.max(axis=1, keepdims=True))  # (S, V), unnormalised; UNK is exp(-inf) = 0
-    p /= p.sum(axis=1, keepdims=True)
+    z = x[rows] / temps[rows, None]
+    p = np.exp(z - z.max(axis=1, keepdims=True))  # (S, V) unnormalised; UNK is exp(-inf) = 0
     vocab_size = p.shape[1]
-    top_k = np.array([seqs[r].params.top_k or vocab_size for r in sampled_rows])
-    top_p = np.array([seqs[r].params.top_p for r in sampled_rows])
-    # every sampled row is ranked, filtered or not, so the same draw picks the same character
-    # whatever the other rows of the batch ask for
-    order = np.argsort(-p, axis=1, kind="stable")  # (S, V), likeliest first
-    p = np.take_along_axis(p, order, axis=1)
-    before = np.cumsum(p, axis=1) - p  # mass ranked above each character
-    keep = (np.arange(vocab_size)[None, :] < top_k[:, None]) & (before < top_p[:, None])
-    keep[:, 0] = True  # the likeliest character always survives
-    cdf = np.cumsum(p * keep, axis=1)  # (S, V)
+    top_k = np.fromiter((seqs[r].params.top_k or vocab_size for r in rows), np.int64, len(rows))
+    top_p = np.fromiter((seqs[r].params.top_p for r in rows), np.float64, len(rows))
+    filtered = np.flatnonzero((top_k < vocab_size) | (top_p < 1.0))
+    if len(filtered):  # top-k / top-p: zero what falls below each row's cut-off probability
+        sub = p[filtered]
+        ranked = -np.sort(-sub, axis=1)  # (F, V) likeliest first
+        before = (np.cumsum(ranked, axis=1) - ranked) / ranked.sum(axis=1, keepdims=True)
+        kept = np.minimum((before < top_p[filtered, None]).sum(axis=1), top_k[filtered])  # >= 1
+        cutoff = ranked[np.arange(len(filtered)), kept - 1]
+        p[filtered] = np.where(sub >= cutoff[:, None], sub, 0.0)
+    cdf = np.cumsum(p, axis=1)  # (S, V)
     # a sampled row draws exactly one number per step, a greedy row none
-    u = np.array([seqs[r].rng.random() for r in sampled_rows]) * cdf[:, -1]
-    choice = np.argmax(cdf > u[:, None], axis=1)  # first rank whose cumulative mass passes u
-    choice = np.take_along_axis(order, choice[:, None], axis=1)[:, 0]
-    greedy[sampled_rows] = choice
+    u = np.fromiter((seqs[r].uniform() for r in rows), np.float64, len(rows)) * cdf[:, -1]
+    greedy[rows] = np.argmax(cdf > u[:, None], axis=1)  # first id whose cumulative mass passes u
     return greedy.tolist()
 
 
 class DecodeBatch:
-    """The sequences being decoded together, their recurrent state and their next-character logits."""
+    """The sequences being decoded together, their recurrent state and their next-character logits.
+
+    A row whose prefix is still being fed has `forced` ids left: its next inputs are those, and
+    nothing is sampled for it until they run out.
+    """
 
     def __init__(self, model: CharRNN, vocab: Vocab):
         self.model = model
         self.vocab = vocab
         self.device = model.fc.weight.device
         self.seqs: list[Sequence] = []
+        self.forced: list[list[int]] = []  # per row: prefix ids still to feed
         self.state: torch.Tensor | None = None  # (R, B, H)
         self.logits: torch.Tensor | None = None  # (B, V)
+        self._prefilling: list[list] = []  # [seqs, ids, position, state] of long prefixes being read
+        self.sampled = 0  # characters generated by the last step
 
     def __len__(self) -> int:
-        return len(self.seqs)
+        """Rows in the batch, counting sequences whose long prefix is still being read."""
+        return len(self.seqs) + sum(len(e[0]) for e in self._prefilling)
 
-    @torch.inference_mode()
-    def add(self, prefix: str, seqs: list[Sequence]) -> list[Sequence]:
-        """Reads `prefix` once and lets `seqs` join; returns any that finished at once (max 0)."""
-        done = [s for s in seqs if s.finished]
+    @property
+    def busy(self) -> bool:
+        return bool(self.seqs or self._prefilling)
+
+    def add(self, prefix: str, seqs: list[Sequence]) -> None:
+        """Queues `seqs` (n completions of one prefix) to join at the next step."""
         seqs = [s for s in seqs if not s.finished]
         if not seqs:
-            return done
-        ids = torch.tensor([self.vocab.encode(prefix)], dtype=torch.long, device=self.device)  # (1, T)
-        logits, state = self.model(ids, last_only=True)  # (1, 1, V), (R, 1, H)
-        logits = logits[:, -1].expand(len(seqs), -1)  # (n, V)
-        state = state.expand(-1, len(seqs), -1)  # (R, n, H)
-        if self.seqs:
-            self.logits = torch.cat((self.logits, logits), dim=0)
-            self.state = torch.cat((self.state, state), dim=1)
+            return
+        ids = self.vocab.encode(prefix)
+        if len(ids) <= FEED_IN_BATCH:
+            self._join(seqs, self.model.init_state(1), ids)
         else:
-            self.logits, self.state = logits.contiguous(), state.contiguous()
+            self._prefilling.append([seqs, ids, 0, None])
+
+    def _join(self, seqs: list[Sequence], state: torch.Tensor, forced: list[int]) -> None:
+        n = len(seqs)
+        state = state.expand(-1, n, -1)  # (R, n, H)
+        logits = torch.zeros(n, self.model.config.vocab_size, device=self.device)  # unused until fed
+        if self.seqs:
+            self.state = torch.cat((self.state, state), dim=1)
+            self.logits = torch.cat((self.logits, logits), dim=0)
+        else:
+            self.state, self.logits = state.contiguous(), logits
         self.seqs.extend(seqs)
-        return done
+        self.forced.extend(list(forced) for _ in range(n))
+
+    def _prefill_chunk(self) -> None:
+        """Reads the next chunk of the oldest long prefix; it joins when one character is left."""
+        entry = self._prefilling[0]
+        seqs, ids, pos, state = entry
+        if all(s.finished for s in seqs):  # cancelled meanwhile
+            self._prefilling.pop(0)
+            return
+        end = min(pos + PREFILL_CHUNK, len(ids) - 1)
+        chunk = torch.tensor([ids[pos:end]], dtype=torch.long, device=self.device)  # (1, T)
+        _, state = self.model(chunk, state, last_only=True)  # (R, 1, H)
+        entry[2], entry[3] = end, state
+        if end == len(ids) - 1:
+            self._prefilling.pop(0)
+            self._join(seqs, state, ids[-1:])
 
     @torch.inference_mode()
     def step(self) -> list[Sequence]:
-        """Every sequence gets one character; finished ones leave. Returns those that finished."""
+        """Every generating row gets one character, every feeding row reads one prefix character;
+        finished sequences leave. Returns those that finished."""
+        self.sampled = 0
+        if self._prefilling:
+            self._prefill_chunk()
         if not self.seqs:
             return []
-        next_ids = sample_next(self.logits, self.seqs)
-        id_to_char = self.vocab.id_to_char
-        for seq, i in zip(self.seqs, next_ids, strict=True):
-            seq.append(id_to_char(i))
-        finished = [s for s in self.seqs if s.finished]
+        inputs = [f[0] if f else 0 for f in self.forced]
+        sampling = [r for r, f in enumerate(self.forced) if not f]
+        finished = []
+        self.sampled = len(sampling)
+        if sampling:
+            if len(sampling) == len(self.seqs):
+                logits, seqs = self.logits, self.seqs
+            else:
+                logits = self.logits[torch.tensor(sampling, device=self.device)]
+                seqs = [self.seqs[r] for r in sampling]
+            id_to_char = self.vocab.id_to_char
+            for r, seq, i in zip(sampling, seqs, sample_next(logits, seqs), strict=True):
+                seq.append(id_to_char(i))
+                inputs[r] = i
+                if seq.finished:
+                    finished.append(seq)
+        for f in self.forced:
+            if f:
+                del f[0]
         if finished:
-            keep = [r for r, s in enumerate(self.seqs) if not s.finished]
-            self.seqs = [self.seqs[r] for r in keep]
-            next_ids = [next_ids[r] for r in keep]
-            if not keep:
-                self.state = self.logits = None
-                return finished
-            rows = torch.tensor(keep, device=self.device)
-            self.state = self.state.index_select(1, rows)
-        ids = torch.tensor(next_ids, dtype=torch.long, device=self.device)  # (B,)
+            self._keep([r for r, s in enumerate(self.seqs) if not s.finished], inputs)
+        if not self.seqs:
+            return finished
+        ids = torch.tensor(inputs, dtype=torch.long, device=self.device)  # (B,)
         self.logits, self.state = self.model.step(ids, self.state)  # (B, V), (R, B, H)
         return finished
 
-    def remove(self, seqs: list[Sequence]) -> None:
-        """Drops sequences whose caller went away."""
-        gone = {id(s) for s in seqs}
-        keep = [r for r, s in enumerate(self.seqs) if id(s) not in gone]
-        if len(keep) == len(self.seqs):
-            return
-        self.seqs = [self.seqs[r] for r in keep]
-        if not keep:
+    def _keep(self, rows: list[int], inputs: list[int] | None = None) -> None:
+        if inputs is not None:
+            inputs[:] = [inputs[r] for r in rows]
+        self.seqs = [self.seqs[r] for r in rows]
+        self.forced = [self.forced[r] for r in rows]
+        if not rows:
             self.state = self.logits = None
             return
-        rows = torch.tensor(keep, device=self.device)
-        self.state = self.state.index_select(1, rows)
-        self.logits = self.logits.index_select(0, rows)
+        index = torch.tensor(rows, device=self.device)
+        self.state = self.state.index_select(1, index)
+        self.logits = self.logits.index_select(0, index)
+
+    def remove(self, seqs: list[Sequence]) -> None:
+        """Drops sequences whose caller went away (also from a prefix still being read)."""
+        gone = {id(s) for s in seqs}
+        self._prefilling = [e for e in self._prefilling if not any(id(s) in gone for s in e[0])]
+        keep = [r for r, s in enumerate(self.seqs) if id(s) not in gone]
+        if len(keep) != len(self.seqs):
+            self._keep(keep)
 
 
 def generate(
@@ -205,6 +269,6 @@ def generate(
     seqs = [Sequence(params, seed, i) for i in range(n)]
     batch = DecodeBatch(model, vocab)
     batch.add(prefix, seqs)
-    while batch.seqs:
+    while batch.busy:
         batch.step()
     return seqs

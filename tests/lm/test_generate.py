@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from app.lm.generate import DecodeBatch, SamplingParams, Sequence, generate, sample_next
+from app.lm.generate import (
+    FEED_IN_BATCH,
+    PREFILL_CHUNK,
+    DecodeBatch,
+    SamplingParams,
+    Sequence,
+    generate,
+    sample_next,
+)
 from app.lm.model import CharRNN, ModelConfig
 from app.lm.train import build_model
 from app.lm.vocab import UNK_INDEX, Vocab
@@ -53,9 +61,44 @@ def test_a_sequence_gives_the_same_text_alone_or_in_a_batch(lstm):
     batch.step()
     batch.add("hag", [target])
     batch.add("fee", crowd[10:])
-    while batch.seqs:
+    while batch.busy:
         batch.step()
     assert target.text == alone
+
+
+@pytest.mark.parametrize("length", [FEED_IN_BATCH, FEED_IN_BATCH + 1, PREFILL_CHUNK * 2 + 7])
+def test_short_and_long_prefixes_are_read_exactly_once_and_correctly(lstm, length):
+    model, vocab = lstm
+    prefix = ("abcdefgh " * 200)[:length]
+    out = generate(model, vocab, prefix, SamplingParams(max_new_chars=12))[0]
+    assert prefix + out.text == tutorial_greedy(model, vocab, prefix, 12)
+
+
+def test_a_long_prefix_joins_a_running_batch_without_changing_anyone(lstm):
+    model, vocab = lstm
+    params = SamplingParams(max_new_chars=40, temperature=0.9)
+    long_prefix = "bad cafe " * 150
+    alone = {p: generate(model, vocab, p, params, seed=5)[0].text for p in ("ab", long_prefix)}
+    batch = DecodeBatch(model, vocab)
+    short, long_ = Sequence(params, 5), Sequence(params, 5)
+    batch.add("ab", [short])
+    batch.step()
+    batch.add(long_prefix, [long_])
+    assert len(batch) == 2  # counted while its prefix is read
+    while batch.busy:
+        batch.step()
+    assert short.text == alone["ab"] and long_.text == alone[long_prefix]
+
+
+def test_removed_sequences_leave_even_while_their_prefix_is_read(lstm):
+    model, vocab = lstm
+    batch = DecodeBatch(model, vocab)
+    a, b = Sequence(SamplingParams(max_new_chars=1000), 1), Sequence(SamplingParams(max_new_chars=1000), 2)
+    batch.add("x" * 2000, [a])
+    batch.add("ab", [b])
+    batch.step()
+    batch.remove([a, b])
+    assert not batch.busy and len(batch) == 0
 
 
 def test_unk_is_never_generated():
@@ -64,6 +107,14 @@ def test_unk_is_never_generated():
     seqs = [Sequence(SamplingParams(temperature=t), seed=i) for i, t in enumerate([0.0, 0.5, 1.0, 2.0])]
     for _ in range(50):
         assert UNK_INDEX not in sample_next(logits.clone(), seqs)
+
+
+def test_uniforms_drawn_in_blocks_equal_one_draw_per_call():
+    import numpy as np
+
+    seq = Sequence(SamplingParams(temperature=1.0), seed=9, index=2)
+    reference = np.random.default_rng([9, 2])
+    assert [seq.uniform() for _ in range(200)] == [reference.random() for _ in range(200)]
 
 
 def test_top_k_one_is_greedy():
