@@ -7,10 +7,12 @@ import asyncio
 import itertools
 import json
 import logging
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,16 +93,16 @@ class Load:
 async def client_loop(client: httpx.AsyncClient, url: str, load: Load, delay: float) -> None:
     """After `delay`, posts completions back to back until the window closes; counts those that end inside it."""
     await asyncio.sleep(delay)
-    while time.perf_counter() < load.window_end:
+    while time.monotonic() < load.window_end:
         body = {"prefix": PREFIX, "max_new_chars": MAX_NEW_CHARS, "temperature": TEMPERATURE, "seed": next(load.seeds)}
-        start = time.perf_counter()
+        start = time.monotonic()
         try:
             r = await client.post(url, json=body)
         except httpx.HTTPError as exc:
             load.error(f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(0.05)
             continue
-        end = time.perf_counter()
+        end = time.monotonic()
         if r.status_code != 200:
             load.error(f"HTTP {r.status_code}: {r.text[:200]}")
             await asyncio.sleep(0.05)
@@ -110,20 +112,46 @@ async def client_loop(client: httpx.AsyncClient, url: str, load: Load, delay: fl
             load.chars += r.json()["usage"]["completion_chars"]
 
 
-async def run_load(url: str, clients: int, seconds: float, warmup: float, seeds: itertools.count) -> Load:
-    """`clients` loops for warmup + seconds; in-flight requests at the end finish uncounted (server left idle).
+async def client_group(url: str, first: int, count: int, total: int, window: tuple, warmup: float) -> Load:
+    """Clients first..first+count-1 of `total`, in this process; starts staggered over half the warm-up."""
+    load = Load(window[0], window[1], itertools.count(1_000_000 * (first + 1)))
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    async with httpx.AsyncClient(limits=limits, timeout=TIMEOUT) as client:
+        await asyncio.gather(
+            *(client_loop(client, url + "/complete", load, (first + i) * warmup / 2 / total) for i in range(count))
+        )
+    return load
+
+
+def client_process(url: str, first: int, count: int, total: int, window: tuple, warmup: float) -> Load:
+    return asyncio.run(client_group(url, first, count, total, window, warmup))
+
+
+def run_load(url: str, clients: int, seconds: float, warmup: float, procs: int) -> Load:
+    """`clients` loops for warmup + seconds, spread over `procs` client processes so that the load
+    generator's own Python does not cap the rate; in-flight requests at the end finish uncounted.
 
     Clients start staggered over the first half of the warm-up, so equal-length requests do not all end
     together in bursts that would make the count depend on where the window edges fall.
     """
-    now = time.perf_counter()
-    load = Load(now + warmup, now + warmup + seconds, seeds)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=TIMEOUT) as client:
-        await asyncio.gather(
-            *(client_loop(client, url + "/complete", load, i * warmup / 2 / clients) for i in range(clients))
-        )
-    return load
+    procs = max(1, min(procs, clients))
+    now = time.monotonic()  # system-wide clock: comparable across the client processes
+    window = (now + warmup, now + warmup + seconds)
+    shares = [clients // procs + (1 if k < clients % procs else 0) for k in range(procs)]
+    firsts = [sum(shares[:k]) for k in range(procs)]
+    with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [
+            pool.submit(client_process, url, first, count, clients, window, warmup)
+            for first, count in zip(firsts, shares, strict=True)
+        ]
+        parts = [f.result() for f in futures]
+    total = Load(window[0], window[1], itertools.count())
+    for part in parts:
+        total.latencies += part.latencies
+        total.chars += part.chars
+        total.errors += part.errors
+        total.first_error = total.first_error or part.first_error
+    return total
 
 
 def load_row(batching: bool, clients: int, load: Load, seconds: float, roofline: float) -> dict:
@@ -221,7 +249,7 @@ def serve_mode(store: Path, batching: bool, args, roofline: float, seeds: iterto
         rows = []
         for clients in args.clients:
             log.info("batching %s, %d clients", "on" if batching else "off", clients)
-            load = asyncio.run(run_load(server.url, clients, args.seconds, args.warmup, seeds))
+            load = run_load(server.url, clients, args.seconds, args.warmup, args.client_procs)
             rows.append(load_row(batching, clients, load, args.seconds, roofline))
             log.info("  %s", rows[-1])
     return rows, probes
@@ -249,6 +277,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="uncounted seconds before each window")
     parser.add_argument("--clients", default="1,8,32,64", help="comma-separated concurrency levels")
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpora" / "shakespeare_train.txt")
+    parser.add_argument("--client-procs", type=int, default=4, help="processes the clients are spread over")
     parser.add_argument("--quick", action="store_true", help="smoke run of about 20 s")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
@@ -284,6 +313,7 @@ def main() -> None:
             "seconds": args.seconds,
             "warmup_seconds": args.warmup,
             "clients": args.clients,
+            "client_processes": args.client_procs,
             "torch_threads": torch.get_num_threads(),
             "prefix": PREFIX,
             "max_new_chars": MAX_NEW_CHARS,
