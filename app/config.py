@@ -33,7 +33,10 @@ class Settings(BaseSettings):
     )
     torch_threads: int = Field(0, ge=0, le=1024, description="Threads torch may use; 0 = torch's default.")
 
-    max_corpus_chars: int = Field(50_000_000, ge=1, description="Largest training text, in characters.")
+    max_corpus_chars: int = Field(50_000_000, ge=1, description="Largest training text sent as JSON, in characters.")
+    max_corpus_bytes: int = Field(50_000_000, ge=1, description="Largest text uploaded to /corpora, in bytes.")
+    max_score_chars: int = Field(5_000_000, ge=2, description="Longest text /score accepts.")
+    max_train_seconds: float = Field(86_400.0, gt=0, description="Largest max_seconds a training job may ask for.")
     max_hidden_size: int = Field(2048, ge=1, description="Largest hidden_size /train accepts.")
     max_num_layers: int = Field(8, ge=1, description="Most recurrent layers /train accepts.")
     max_epochs: int = Field(100_000, ge=1, description="Most epochs /train accepts.")

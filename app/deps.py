@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.config import Settings, get_settings
+from app.corpora import CorpusStore
 from app.errors import NotReady
 from app.service import ModelService
 
@@ -19,5 +20,10 @@ async def get_service(request: Request) -> ModelService:
     return service
 
 
+async def get_corpora(request: Request) -> CorpusStore:
+    return request.app.state.corpora
+
+
 ServiceDep = Annotated[ModelService, Depends(get_service)]
+CorporaDep = Annotated[CorpusStore, Depends(get_corpora)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

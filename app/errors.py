@@ -39,6 +39,11 @@ class Conflict(ServiceError):
     type = "conflict"
 
 
+class TooLarge(ServiceError):
+    status = 413
+    type = "too_large"
+
+
 class Overloaded(ServiceError):
     status = 429
     type = "overloaded"

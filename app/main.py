@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from app.api import complete, health, metrics, models, train, vocab
+from app.api import complete, corpora, health, metrics, models, score, train, vocab
 from app.config import Settings, get_settings
+from app.corpora import CorpusStore
 from app.engine import configure_torch_threads
 from app.errors import install_error_handlers
 from app.lm.device import DeviceUnavailable, resolve_device
@@ -66,7 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return settings
 
     app.dependency_overrides[get_settings] = _settings
+    app.state.corpora = CorpusStore(Path(settings.model_store) / "corpora", settings.max_corpus_bytes)
     install_error_handlers(app)
-    for module in (complete, vocab, train, models, health, metrics):
+    for module in (complete, vocab, train, corpora, models, score, health, metrics):
         app.include_router(module.router)
     return app

@@ -90,6 +90,9 @@ class VocabResponse(BaseModel):
 
 
 class TrainRequest(StrictModel):
+    """Unset settings take defaults that suit the text: the tutorial's for `sentences`, and for a
+    corpus the recommended ones (a 2x256 LSTM, 5-minute budget, validation split)."""
+
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -99,41 +102,72 @@ class TrainRequest(StrictModel):
                     "sentences": ["hey how are you", "good i am fine", "have a nice day"],
                     "epochs": 100,
                 },
-                {"name": "poem", "corpus": "the rain in spain stays mainly in the plain\n" * 20, "cell": "gru"},
+                {"name": "poem", "corpus": "the rain in spain stays mainly in the plain\n" * 20, "max_seconds": 30},
+                {"name": "plays", "corpus_id": "3f2a9c", "max_seconds": 600},
             ]
         },
     )
 
     name: str = ModelName
-    corpus: str | None = Field(None, min_length=2, description="One training text (give this or sentences).")
+    corpus: str | None = Field(None, min_length=2, description="One training text (or sentences, or corpus_id).")
+    corpus_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="A text uploaded with POST /corpora.")
     sentences: list[str] | None = Field(
         None, min_length=1, description="Separate sentences, padded with spaces to the longest, as in the tutorial."
     )
-    cell: Literal["rnn", "lstm", "gru"] = "rnn"
-    hidden_size: int = Field(12, ge=1)
-    num_layers: int = Field(1, ge=1)
-    encoding: Literal["one_hot", "embedding"] = "one_hot"
-    embedding_dim: int = Field(0, ge=0, le=4096, description="0 = hidden_size; used with encoding=embedding.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, allow_inf_nan=False)
-    epochs: int = Field(100, ge=1)
-    learning_rate: float = Field(0.01, gt=0.0, le=10.0, allow_inf_nan=False)
-    batch_size: int = Field(64, ge=1, le=4096)
-    seq_len: int = Field(100, ge=1, le=4096, description="Window length when training on a corpus.")
-    seed: int = Field(0, ge=0, le=2**63 - 1)
+    resume_from: str | None = Field(
+        None,
+        pattern=f"^{NAME_PATTERN.pattern}$",
+        description="Continue training this stored model (its vocabulary, architecture and optimizer state).",
+    )
+    cell: Literal["rnn", "lstm", "gru"] | None = None
+    hidden_size: int | None = Field(None, ge=1)
+    num_layers: int | None = Field(None, ge=1)
+    encoding: Literal["one_hot", "embedding"] | None = None
+    embedding_dim: int | None = Field(None, ge=0, le=4096, description="0 = hidden_size; with encoding=embedding.")
+    dropout: float | None = Field(None, ge=0.0, lt=1.0, allow_inf_nan=False)
+    epochs: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=0, description="0 = no limit.")
+    max_seconds: float | None = Field(None, ge=0.0, allow_inf_nan=False, description="Wall-clock budget; 0 = none.")
+    learning_rate: float | None = Field(None, gt=0.0, le=10.0, allow_inf_nan=False)
+    lr_schedule: Literal["constant", "cosine"] | None = None
+    warmup_steps: int | None = Field(None, ge=0, le=1_000_000)
+    min_lr_ratio: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
+    weight_decay: float | None = Field(None, ge=0.0, le=10.0, allow_inf_nan=False)
+    batch_size: int | None = Field(None, ge=1, le=4096)
+    seq_len: int | None = Field(None, ge=1, le=4096, description="Window length on a corpus (state carries across).")
+    val_fraction: float | None = Field(None, ge=0.0, le=0.5, allow_inf_nan=False)
+    eval_interval: int | None = Field(None, ge=0, description="Steps between validations; 0 = once per epoch.")
+    patience: int | None = Field(None, ge=0, description="Validations without improvement before stopping; 0 = off.")
+    grad_clip: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    unk_dropout: float | None = Field(None, ge=0.0, lt=1.0, allow_inf_nan=False)
+    min_char_count: int | None = Field(None, ge=1, description="Rarer characters map to UNK.")
+    precision: Literal["fp32", "bf16"] | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
     activate: bool = Field(True, description="Serve the model as soon as it is trained.")
     overwrite: bool = Field(False, description="Replace a stored model of the same name.")
 
     @model_validator(mode="after")
     def _one_source(self) -> TrainRequest:
-        if (self.corpus is None) == (self.sentences is None):
-            raise ValueError("give exactly one of corpus or sentences")
+        if sum(x is not None for x in (self.corpus, self.sentences, self.corpus_id)) != 1:
+            raise ValueError("give exactly one of corpus, sentences or corpus_id")
         if self.sentences is not None and max(len(s) for s in self.sentences) < 2:
             raise ValueError("sentences need at least 2 characters")
+        if self.corpus is not None and not self.corpus.strip():
+            raise ValueError("corpus is empty or only whitespace")
         return self
 
 
 class TrainAccepted(BaseModel):
     job_id: str
+
+
+class Evaluation(BaseModel):
+    step: int
+    epoch: int
+    train_loss: float
+    val_loss: float | None
+    val_bpc: float | None
+    elapsed: float
 
 
 class TrainJobStatus(BaseModel):
@@ -144,10 +178,48 @@ class TrainJobStatus(BaseModel):
     epochs: int
     step: int
     total_steps: int
-    loss: float | None
+    loss: float | None = Field(description="Training loss (nats per character), mean since the last report.")
+    val_loss: float | None = Field(description="Latest validation loss (nats per character).")
+    val_bpc: float | None = Field(description="Latest validation bits per character.")
+    best_val_loss: float | None
+    lr: float | None
+    chars_per_s: float | None = Field(description="Training characters processed per second.")
+    elapsed: float
+    eta: float | None = Field(description="Seconds left, estimated from the budget used so far.")
+    history: list[Evaluation]
     error: str | None
     created_at: str
     finished_at: str | None
+
+
+# ---- /corpora, /score -----------------------------------------------------------------------
+
+
+class CorpusInfo(BaseModel):
+    corpus_id: str
+    bytes: int
+    chars: int
+    created_at: str
+
+
+class CorporaResponse(BaseModel):
+    corpora: list[CorpusInfo]
+
+
+class ScoreRequest(StrictModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "good i am fine "}]})
+
+    text: str = Field(min_length=2, description="Held-out text to score: each character given all before it.")
+    model: str | None = Field(None, pattern=f"^{NAME_PATTERN.pattern}$", description="Default: the active model.")
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    nats_per_char: float = Field(description="Mean loss per character, natural log.")
+    bits_per_char: float
+    perplexity: float
+    chars_scored: int
+    unknown_chars: int = Field(description="Characters of the text outside the model's vocabulary.")
 
 
 # ---- /models, /health -----------------------------------------------------------------------

@@ -20,10 +20,12 @@ from app.errors import Conflict, InvalidInput, NotFound
 from app.lm import default as default_model
 from app.lm.generate import SamplingParams, random_seed
 from app.lm.model import CharRNN
+from app.lm.score import Score, score_text
 from app.lm.store import Checkpoint, CorruptCheckpoint, InvalidModelName, ModelNotFound, ModelStore
-from app.lm.train import Progress, TrainConfig, TrainingCancelled, TrainingDiverged, train_on_text
+from app.lm.train import Progress, TrainingCancelled, TrainingDiverged, train_on_text
 from app.lm.vocab import Vocab
 from app.metrics import Metrics
+from app.training import TrainSpec, run_training
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +56,6 @@ class Completion:
 
 
 @dataclass
-class TrainSpec:
-    """A training request as the service sees it (already validated by the API layer)."""
-
-    name: str
-    corpus: str | None = None
-    sentences: list[str] | None = None
-    cell: str = "rnn"
-    hidden_size: int = 12
-    num_layers: int = 1
-    encoding: str = "one_hot"
-    embedding_dim: int = 0
-    dropout: float = 0.0
-    activate: bool = True
-    overwrite: bool = False
-    config: TrainConfig = field(default_factory=TrainConfig)
-
-
-@dataclass
 class TrainingJob:
     job_id: str
     name: str
@@ -81,10 +65,19 @@ class TrainingJob:
     epochs: int = 0
     step: int = 0
     total_steps: int = 0
-    loss: float | None = None
+    loss: float | None = None  # training loss (mean since the last report)
+    val_loss: float | None = None  # latest validation loss (nats per character)
+    val_bpc: float | None = None
+    best_val_loss: float | None = None
+    lr: float | None = None
+    chars_per_s: float | None = None
+    elapsed: float = 0.0
+    eta: float | None = None
+    history: list[dict] = field(default_factory=list)  # one entry per validation
     error: str | None = None
     created_at: str = field(default_factory=_now)
     finished_at: str | None = None
+    version: int = 0  # bumped on every change, for the progress stream
     cancel: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -156,9 +149,10 @@ class ModelService:
 
     def _train_default(self) -> None:
         # trained on the CPU whatever the serving device, so every install gets the same weights
-        model, vocab, _, result = train_on_text(
+        trained = train_on_text(
             sentences=default_model.SENTENCES, config=default_model.TRAIN_CONFIG, **default_model.MODEL_KWARGS
         )
+        model, vocab, result = trained.model, trained.vocab, trained.result
         name = self.settings.default_model_name
         meta = self.store.save(
             name,
@@ -252,14 +246,16 @@ class ModelService:
     def submit_training(self, spec: TrainSpec) -> TrainingJob:
         try:
             exists = self.store.exists(spec.name)
+            if spec.resume_from is not None and not self.store.exists(spec.resume_from):
+                raise NotFound(f"no model named {spec.resume_from!r} to resume from", "resume_from")
         except InvalidModelName as exc:
             raise InvalidInput(str(exc), "name") from None
-        if exists and not spec.overwrite:
+        if exists and not spec.overwrite and spec.resume_from != spec.name:
             raise Conflict(f"a model named {spec.name!r} already exists; set overwrite to replace it", "name")
         with self._jobs_lock:
             if self._running is not None and not self._running.done:
                 raise Conflict(f"training job {self._running.job_id} is still running; one job runs at a time")
-            job = TrainingJob(job_id=uuid.uuid4().hex, name=spec.name, spec=spec, epochs=spec.config.epochs)
+            job = TrainingJob(job_id=uuid.uuid4().hex, name=spec.name, spec=spec, epochs=spec.train_config().epochs)
             self._jobs[job.job_id] = job
             while len(self._jobs) > self.settings.max_jobs_kept:
                 self._jobs.popitem(last=False)
@@ -274,50 +270,60 @@ class ModelService:
             raise NotFound(f"no training job {job_id!r}", "job_id")
         return job
 
+    def cancel_job(self, job_id: str) -> TrainingJob:
+        job = self.get_job(job_id)
+        if not job.done:
+            job.cancel.set()
+        return job
+
     def _run_job(self, job: TrainingJob) -> None:
         spec = job.spec
         job.status = "running"
-        log.info("training job %s started: model %r", job.job_id, spec.name)
+        job.version += 1
+        log.info("training job %s started: model %r from %s", job.job_id, spec.name, spec.source)
 
         def on_progress(p: Progress) -> None:
             job.epoch, job.step, job.total_steps, job.loss = p.epoch, p.step, p.total_steps, p.loss
+            job.lr, job.chars_per_s, job.elapsed, job.eta = p.lr, p.chars_per_s, p.elapsed, p.eta
+            if p.evaluation is not None:
+                e = p.evaluation
+                job.val_loss, job.val_bpc = e.val_loss, e.val_bpc
+                if e.val_loss is not None and (job.best_val_loss is None or e.val_loss < job.best_val_loss):
+                    job.best_val_loss = e.val_loss
+                job.history.append(
+                    {
+                        "step": e.step,
+                        "epoch": e.epoch,
+                        "train_loss": e.train_loss,
+                        "val_loss": e.val_loss,
+                        "val_bpc": e.val_bpc,
+                        "elapsed": round(e.elapsed, 3),
+                    }
+                )
+            if p.total_steps:
+                self.metrics.training_progress.set(p.step / p.total_steps)
+            job.version += 1
 
         try:
-            model, vocab, _, result = train_on_text(
-                sentences=spec.sentences,
-                corpus=spec.corpus,
-                cell=spec.cell,
-                hidden_size=spec.hidden_size,
-                num_layers=spec.num_layers,
-                dropout=spec.dropout,
-                encoding=spec.encoding,
-                embedding_dim=spec.embedding_dim,
-                config=spec.config,
-                device=self.device,
-                on_progress=on_progress,
-                should_stop=job.cancel.is_set,
-            )
-            training = {"source": "sentences" if spec.sentences is not None else "corpus", **spec.config.to_json()}
-            if spec.sentences is not None:
-                training["sentences"] = spec.sentences
-            else:
-                training["corpus_chars"] = len(spec.corpus)
-            meta = self.store.save(
-                spec.name,
-                model,
-                vocab,
-                training=training,
-                metrics={"final_loss": result.final_loss, "steps": result.steps, "seconds": round(result.seconds, 3)},
-            )
+            trained, meta = run_training(spec, self.store, self.device, on_progress, job.cancel.is_set)
             if spec.activate:
                 self.store.set_active(spec.name)
-                self._activate(Checkpoint(spec.name, model, vocab, meta))
+                self._activate(Checkpoint(spec.name, trained.model, trained.vocab, meta))
             job.status = "succeeded"
-            log.info("training job %s succeeded: loss %.4f in %.1fs", job.job_id, result.final_loss, result.seconds)
+            log.info(
+                "training job %s succeeded: %d steps in %.1fs, best validation loss %s",
+                job.job_id,
+                trained.result.steps,
+                trained.result.seconds,
+                trained.result.best_val_loss,
+            )
         except TrainingCancelled:
             job.status = "cancelled"
-            log.info("training job %s cancelled", job.job_id)
+            log.info("training job %s cancelled; nothing was saved", job.job_id)
         except TrainingDiverged as exc:
+            job.status, job.error = "failed", str(exc)
+            log.warning("training job %s failed: %s", job.job_id, exc)
+        except (ValueError, UnicodeDecodeError) as exc:  # the text or settings cannot be trained on
             job.status, job.error = "failed", str(exc)
             log.warning("training job %s failed: %s", job.job_id, exc)
         except Exception as exc:  # a failed job must never take the service down
@@ -325,6 +331,56 @@ class ModelService:
             log.exception("training job %s failed", job.job_id)
         finally:
             job.finished_at = _now()
+            job.version += 1
+            self.metrics.training_jobs.labels(job.status).inc()
+            self.metrics.training_progress.set(0)
+
+    # ---- model management and scoring --------------------------------------------------------
+
+    def activate(self, name: str) -> LoadedModel:
+        """Loads a stored model and swaps it in atomically; requests in flight finish on the old one."""
+        try:
+            checkpoint = self.store.load(name, self.device)
+        except InvalidModelName as exc:
+            raise InvalidInput(str(exc), "name") from None
+        except ModelNotFound as exc:
+            raise NotFound(str(exc), "name") from None
+        except CorruptCheckpoint as exc:
+            raise Conflict(f"model {name!r} cannot be loaded: {exc}", "name") from None
+        self.store.set_active(name)
+        self._activate(checkpoint)
+        log.info("activated model %r", name)
+        return self.active
+
+    def delete(self, name: str) -> None:
+        if name == self.active.name:
+            raise Conflict(f"model {name!r} is active; activate another before deleting it", "name")
+        job = self._running
+        if job is not None and not job.done and name in (job.spec.name, job.spec.resume_from):
+            raise Conflict(f"training job {job.job_id} is using model {name!r}", "name")
+        try:
+            self.store.delete(name)
+        except InvalidModelName as exc:
+            raise InvalidInput(str(exc), "name") from None
+        except ModelNotFound as exc:
+            raise NotFound(str(exc), "name") from None
+        log.info("deleted model %r", name)
+
+    def score(self, text: str, name: str | None = None) -> tuple[str, Score]:
+        if name is None or name == self.active.name:
+            loaded = self.active
+            model, vocab, name = loaded.model, loaded.vocab, loaded.name
+        else:
+            try:
+                checkpoint = self.store.load(name, self.device)
+            except InvalidModelName as exc:
+                raise InvalidInput(str(exc), "model") from None
+            except ModelNotFound as exc:
+                raise NotFound(str(exc), "model") from None
+            except CorruptCheckpoint as exc:
+                raise Conflict(f"model {name!r} cannot be loaded: {exc}", "model") from None
+            model, vocab = checkpoint.model, checkpoint.vocab
+        return name, score_text(model, vocab, text)
 
 
 def decode_workers(setting: int, device: torch.device) -> int:

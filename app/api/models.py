@@ -1,15 +1,40 @@
-"""GET /models: the stored models and which one is active."""
+"""GET /models, POST /models/{name}/activate, DELETE /models/{name}: the stored models."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.deps import ServiceDep
-from app.schemas import ModelsResponse
+from app.schemas import ErrorResponse, ModelsResponse
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
 @router.get("", response_model=ModelsResponse, summary="Stored models")
 def list_models(service: ServiceDep) -> ModelsResponse:
+    """Every stored model with its architecture, training settings and metrics; which is active."""
     return ModelsResponse(active=service.active.name, models=service.list_models())
+
+
+@router.post(
+    "/{name}/activate",
+    response_model=ModelsResponse,
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+    summary="Serve a stored model",
+)
+def activate_model(name: str, service: ServiceDep) -> ModelsResponse:
+    """Loads the model and swaps it in atomically: requests in flight finish on the previous one."""
+    service.activate(name)
+    return ModelsResponse(active=service.active.name, models=service.list_models())
+
+
+@router.delete(
+    "/{name}",
+    status_code=204,
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+    summary="Delete a stored model",
+)
+def delete_model(name: str, service: ServiceDep) -> Response:
+    """Deleting the active model (or one a training job is using) is refused with 409."""
+    service.delete(name)
+    return Response(status_code=204)

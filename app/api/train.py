@@ -1,28 +1,38 @@
-"""POST /train and GET /train/{job_id}: background training jobs."""
+"""POST /train, GET /train/{job_id}, its progress stream and cancel: background training jobs."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import json
 
-from app.deps import ServiceDep, SettingsDep
+from fastapi import APIRouter, Request
+from sse_starlette import EventSourceResponse
+
+from app.api.complete import STREAM_HEADERS
+from app.deps import CorporaDep, ServiceDep, SettingsDep
 from app.errors import InvalidInput
-from app.lm.train import TrainConfig
 from app.schemas import ErrorResponse, TrainAccepted, TrainJobStatus, TrainRequest
-from app.service import TrainingJob, TrainSpec
+from app.service import TrainingJob
+from app.training import MODEL_FIELDS, TRAIN_FIELDS, TrainSpec
 
 router = APIRouter(prefix="/train", tags=["training"])
 
 
 def check_limits(req: TrainRequest, settings) -> None:
-    text_chars = len(req.corpus) if req.corpus is not None else sum(len(s) for s in req.sentences)
-    if text_chars > settings.max_corpus_chars:
-        raise InvalidInput(f"the training text has more than {settings.max_corpus_chars} characters", "corpus")
-    if req.hidden_size > settings.max_hidden_size:
-        raise InvalidInput(f"hidden_size: at most {settings.max_hidden_size}", "hidden_size")
-    if req.num_layers > settings.max_num_layers:
-        raise InvalidInput(f"num_layers: at most {settings.max_num_layers}", "num_layers")
-    if req.epochs > settings.max_epochs:
-        raise InvalidInput(f"epochs: at most {settings.max_epochs}", "epochs")
+    """Bounds that depend on settings, checked before a job starts."""
+    if req.corpus is not None and len(req.corpus) > settings.max_corpus_chars:
+        raise InvalidInput(f"corpus: more than the limit of {settings.max_corpus_chars} characters", "corpus")
+    if req.sentences is not None and sum(len(s) for s in req.sentences) > settings.max_corpus_chars:
+        raise InvalidInput(f"sentences: more than the limit of {settings.max_corpus_chars} characters", "sentences")
+    for name, limit in (
+        ("hidden_size", settings.max_hidden_size),
+        ("num_layers", settings.max_num_layers),
+        ("epochs", settings.max_epochs),
+        ("max_seconds", settings.max_train_seconds),
+    ):
+        value = getattr(req, name)
+        if value is not None and value > limit:
+            raise InvalidInput(f"{name}: at most {limit}", name)
 
 
 def job_status(job: TrainingJob) -> TrainJobStatus:
@@ -35,6 +45,14 @@ def job_status(job: TrainingJob) -> TrainJobStatus:
         step=job.step,
         total_steps=job.total_steps,
         loss=job.loss,
+        val_loss=job.val_loss,
+        val_bpc=job.val_bpc,
+        best_val_loss=job.best_val_loss,
+        lr=job.lr,
+        chars_per_s=job.chars_per_s,
+        elapsed=round(job.elapsed, 3),
+        eta=round(job.eta, 3) if job.eta is not None else None,
+        history=list(job.history),
         error=job.error,
         created_at=job.created_at,
         finished_at=job.finished_at,
@@ -45,33 +63,24 @@ def job_status(job: TrainingJob) -> TrainJobStatus:
     "",
     status_code=202,
     response_model=TrainAccepted,
-    responses={409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
     summary="Start a training job",
 )
-def start_training(req: TrainRequest, service: ServiceDep, settings: SettingsDep) -> TrainAccepted:
-    """Trains a new model in the background while completions keep being served. Poll
-    `GET /train/{job_id}`. On success the model is saved and, with `activate`, swapped in
-    atomically. One job runs at a time: a second gets 409."""
+def start_training(req: TrainRequest, service: ServiceDep, settings: SettingsDep, corpora: CorporaDep) -> TrainAccepted:
+    """Trains a model in the background while completions keep being served. Follow it with
+    `GET /train/{job_id}` or its event stream. On success the best checkpoint (by validation loss)
+    is saved and, with `activate`, swapped in atomically. One job runs at a time: a second gets 409."""
     check_limits(req, settings)
+    options = {k: getattr(req, k) for k in (*MODEL_FIELDS, *TRAIN_FIELDS) if hasattr(req, k)}
     spec = TrainSpec(
         name=req.name,
         corpus=req.corpus,
+        corpus_file=corpora.path(req.corpus_id) if req.corpus_id is not None else None,
         sentences=req.sentences,
-        cell=req.cell,
-        hidden_size=req.hidden_size,
-        num_layers=req.num_layers,
-        encoding=req.encoding,
-        embedding_dim=req.embedding_dim,
-        dropout=req.dropout,
+        resume_from=req.resume_from,
         activate=req.activate,
         overwrite=req.overwrite,
-        config=TrainConfig(
-            epochs=req.epochs,
-            learning_rate=req.learning_rate,
-            batch_size=req.batch_size,
-            seq_len=req.seq_len,
-            seed=req.seed,
-        ),
+        options=options,
     )
     return TrainAccepted(job_id=service.submit_training(spec).job_id)
 
@@ -80,4 +89,44 @@ def start_training(req: TrainRequest, service: ServiceDep, settings: SettingsDep
     "/{job_id}", response_model=TrainJobStatus, responses={404: {"model": ErrorResponse}}, summary="A job's progress"
 )
 def training_status(job_id: str, service: ServiceDep) -> TrainJobStatus:
+    """Status, step and total, epoch, training and validation loss, bits per character, speed,
+    elapsed time, ETA and every validation so far."""
     return job_status(service.get_job(job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=TrainJobStatus,
+    responses={404: {"model": ErrorResponse}},
+    summary="Stop a job",
+)
+def cancel_training(job_id: str, service: ServiceDep) -> TrainJobStatus:
+    """Asks the job to stop; it does within a second (status `cancelled`) and saves nothing."""
+    return job_status(service.cancel_job(job_id))
+
+
+@router.get(
+    "/{job_id}/events",
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "`data: {job status}` on every change"},
+        404: {"model": ErrorResponse},
+    },
+    summary="A job's progress as Server-Sent Events",
+)
+async def training_events(job_id: str, request: Request, service: ServiceDep):
+    """The job's status (as GET /train/{job_id}) each time it changes, then `data: [DONE]` once it ends."""
+    job = service.get_job(job_id)
+
+    async def events():
+        seen = -1
+        while True:
+            version = job.version
+            if version != seen:
+                seen = version
+                yield {"data": json.dumps(job_status(job).model_dump())}
+                if job.done:
+                    yield {"data": "[DONE]"}
+                    return
+            await asyncio.sleep(0.2)
+
+    return EventSourceResponse(events(), headers=STREAM_HEADERS, sep="\n", ping=15)

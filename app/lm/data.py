@@ -1,6 +1,9 @@
-"""Text -> training tensors: the tutorial's padded sentences, or contiguous windows of a corpus."""
+"""Text -> training batches: the tutorial's padded sentences, or a corpus read as parallel streams."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterator
 
 import torch
 
@@ -32,3 +35,64 @@ def corpus_pairs(vocab: Vocab, text: str, seq_len: int) -> tuple[torch.Tensor, t
     inputs = ids[: count * seq_len].view(count, seq_len)  # (N, T)
     targets = ids[1 : count * seq_len + 1].view(count, seq_len)  # (N, T)
     return inputs, targets
+
+
+def split_validation(ids: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last `val_fraction` of the text is held out (as char-rnn and nanoGPT do)."""
+    n_val = int(len(ids) * val_fraction)
+    if val_fraction > 0 and n_val < 2:
+        raise ValueError("the corpus is too short to hold out a validation split; lower val_fraction")
+    return ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+
+
+class SentenceBatches:
+    """Independent sequences (the tutorial's sentences): shuffled minibatches, state reset each batch."""
+
+    stateful = False
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, seed: int):
+        self.inputs, self.targets = inputs, targets
+        self.batch_size = min(batch_size, len(inputs))
+        self.steps_per_epoch = math.ceil(len(inputs) / self.batch_size)
+        self.chars_per_step = self.batch_size * inputs.shape[1]
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.inputs)
+        order = torch.randperm(n, generator=self._gen) if self.steps_per_epoch > 1 else torch.arange(n)
+        for b in range(self.steps_per_epoch):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.inputs[idx], self.targets[idx]
+
+
+class StreamBatches:
+    """A corpus cut into `batch_size` parallel streams, read in consecutive windows of `seq_len`.
+
+    Window k of every stream follows window k-1, so the trainer can carry the recurrent state
+    across windows (truncated backpropagation through time, as char-rnn does): the model learns
+    from context far longer than one window. Under distributed training each rank takes its own
+    `batch_size` streams out of `world * batch_size`.
+    """
+
+    stateful = True
+
+    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, rank: int = 0, world: int = 1):
+        streams = batch_size * world
+        length = (len(ids) - 1) // streams
+        if length < 2:
+            raise ValueError(
+                f"the training text ({len(ids)} characters) is too short for {streams} streams; "
+                "lower batch_size or send more text"
+            )
+        self.seq_len = min(seq_len, length)
+        self.steps_per_epoch = max(1, length // self.seq_len)
+        usable = length * streams
+        x = ids[:usable].view(streams, length)[rank * batch_size : (rank + 1) * batch_size]  # (B, L)
+        y = ids[1 : usable + 1].view(streams, length)[rank * batch_size : (rank + 1) * batch_size]  # (B, L)
+        self.inputs, self.targets = x.contiguous(), y.contiguous()
+        self.chars_per_step = batch_size * self.seq_len
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        t = self.seq_len
+        for k in range(self.steps_per_epoch):
+            yield self.inputs[:, k * t : (k + 1) * t], self.targets[:, k * t : (k + 1) * t]

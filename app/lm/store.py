@@ -97,6 +97,9 @@ class ModelStore:
         validate_name(name)
         return self.root / f"{name}.safetensors", self.root / f"{name}.json"
 
+    def _optim_path(self, name: str) -> Path:
+        return self.root / f"{validate_name(name)}.optim.safetensors"
+
     def exists(self, name: str) -> bool:
         return self._paths(name)[1].is_file()
 
@@ -111,10 +114,28 @@ class ModelStore:
         return sorted(found)
 
     def save(
-        self, name: str, model: CharRNN, vocab: Vocab, *, training: dict | None = None, metrics: dict | None = None
+        self,
+        name: str,
+        model: CharRNN,
+        vocab: Vocab,
+        *,
+        training: dict | None = None,
+        metrics: dict | None = None,
+        optimizer_state: dict | None = None,
+        step: int = 0,
     ) -> dict:
-        """Writes weights, then metadata that names the weights' hash. Returns the metadata."""
+        """Writes weights (and optimizer state, for resuming), then metadata naming their hashes.
+        Returns the metadata."""
         weights_path, meta_path = self._paths(name)
+        optim_payload, optim_meta = None, None
+        if optimizer_state is not None:
+            optim_tensors, groups = flatten_optimizer_state(optimizer_state)
+            optim_payload = save(optim_tensors) if optim_tensors else save({"empty": torch.zeros(0)})
+            optim_meta = {
+                "file": self._optim_path(name).name,
+                "sha256": hashlib.sha256(optim_payload).hexdigest(),
+                "param_groups": groups,
+            }
         if model.config.vocab_size != vocab.size:
             raise ValueError(f"model has {model.config.vocab_size} outputs but the vocabulary has {vocab.size}")
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -131,12 +152,35 @@ class ModelStore:
             "weights_file": weights_path.name,
             "weights_sha256": hashlib.sha256(payload).hexdigest(),
             "weights_bytes": len(payload),
+            "step": step,
+            "optimizer": optim_meta,
         }
         with self._lock:
             self.root.mkdir(parents=True, exist_ok=True)
             _atomic_write(weights_path, payload)
+            if optim_payload is not None:
+                _atomic_write(self._optim_path(name), optim_payload)
+            else:
+                self._optim_path(name).unlink(missing_ok=True)
+            # metadata last: until it lands, readers see the previous checkpoint as a whole
             _atomic_write(meta_path, json.dumps(meta, indent=2, ensure_ascii=False).encode())
         return meta
+
+    def load_optimizer_state(self, name: str, device: torch.device | str = "cpu") -> dict | None:
+        """The optimizer state saved with `name` (for resuming), or None if it has none."""
+        meta = self.read_meta(name)
+        info = meta.get("optimizer")
+        if not info:
+            return None
+        path = self._optim_path(name)
+        try:
+            payload = path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptCheckpoint(f"{path}: optimizer state is missing") from None
+        if hashlib.sha256(payload).hexdigest() != info.get("sha256"):
+            raise CorruptCheckpoint(f"{path}: optimizer state does not match the hash in {name}.json")
+        tensors = load_file(path, device=str(device))
+        return unflatten_optimizer_state(tensors, info["param_groups"])
 
     def read_meta(self, name: str) -> dict:
         _, meta_path = self._paths(name)
@@ -183,6 +227,7 @@ class ModelStore:
         with self._lock:
             meta_path.unlink(missing_ok=True)  # metadata first: a half-deleted model is simply gone
             weights_path.unlink(missing_ok=True)
+            self._optim_path(name).unlink(missing_ok=True)
 
     def active_name(self) -> str | None:
         try:
@@ -197,3 +242,23 @@ class ModelStore:
         with self._lock:
             self.root.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.root / ACTIVE_FILE, name.encode())
+
+
+def flatten_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], list]:
+    """torch optimizer state_dict -> flat tensors (for safetensors) + JSON-able param groups."""
+    tensors = {}
+    for index, per_param in state["state"].items():
+        for key, value in per_param.items():
+            t = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            tensors[f"{index}.{key}"] = t.detach().to("cpu").contiguous()
+    return tensors, state["param_groups"]
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], groups: list) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name == "empty":
+            continue
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": groups}

@@ -1,33 +1,68 @@
-"""The training loop: batches of (input, target) ids -> a trained CharRNN. Knows nothing of HTTP."""
+"""The training loop: batches of (input, target) ids -> a trained CharRNN. Knows nothing of HTTP.
+
+Runs alone or under torchrun (DistributedDataParallel: gloo on CPU, nccl on CUDA), where every
+rank reads its own streams of the corpus and only rank 0 reports.
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn import functional as F
 
 from app.lm import data
 from app.lm.model import CharRNN, ModelConfig
-from app.lm.vocab import Vocab
+from app.lm.score import ScoringCancelled, mean_loss
+from app.lm.vocab import UNK_INDEX, Vocab
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 100  # passes over the data; the tutorial's n_epochs
-    learning_rate: float = 0.01  # Adam's step size; the tutorial's lr
-    batch_size: int = 64  # sequences per step; the tutorial's three sentences fit in one
-    seq_len: int = 100  # window length when training on a corpus
+    epochs: int = 100  # passes over the data (upper bound when a step or time budget is set)
+    learning_rate: float = 0.01  # peak Adam step size; the tutorial's lr
+    batch_size: int = 64  # sequences (or parallel corpus streams) per step
+    seq_len: int = 100  # window length when training on a corpus; state carries across windows
     seed: int = 0  # fixes initial weights, shuffling and dropout
     grad_clip: float = 5.0  # max global gradient norm; 0 turns clipping off
     max_steps: int = 0  # stop after this many optimizer steps; 0 = no limit
     max_seconds: float = 0.0  # stop after this much wall-clock time; 0 = no limit
+    warmup_steps: int = 0  # linear learning-rate warm-up
+    lr_schedule: str = "constant"  # constant | cosine (decays to min_lr_ratio over the budget)
+    min_lr_ratio: float = 0.1  # floor of the cosine decay, as a share of learning_rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    val_fraction: float = 0.0  # share of a corpus held out at its end for validation
+    eval_interval: int = 0  # steps between validations; 0 = once per epoch
+    eval_streams: int = 8  # parallel pieces the periodic validation reads (the final one reads 1)
+    patience: int = 0  # stop after this many validations without improvement; 0 = never
+    unk_dropout: float = 0.0  # share of input characters replaced by UNK, so the model copes with unseen ones
+    min_char_count: int = 1  # characters seen fewer times map to UNK
+    precision: str = "fp32"  # fp32 | bf16 (autocast: bfloat16 matrix products, float32 weights)
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError("lr_schedule must be constant or cosine")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError("precision must be fp32 or bf16")
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Evaluation:
+    step: int
+    epoch: int
+    train_loss: float
+    val_loss: float | None
+    val_bpc: float | None
+    elapsed: float
 
 
 @dataclass
@@ -36,7 +71,12 @@ class Progress:
     epochs: int
     step: int
     total_steps: int
-    loss: float
+    loss: float  # mean training loss since the last report
+    lr: float
+    chars_per_s: float
+    elapsed: float
+    eta: float | None
+    evaluation: Evaluation | None = None  # set on the steps that validated
 
 
 @dataclass
@@ -45,7 +85,11 @@ class TrainResult:
     steps: int
     epochs: int
     seconds: float
-    history: list[float] = field(default_factory=list)  # loss at the end of each epoch
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    stopped: str = "budget"  # budget | early_stopping
+    history: list[Evaluation] = field(default_factory=list)
+    optimizer_state: dict | None = None
 
 
 class TrainingCancelled(Exception):
@@ -56,55 +100,188 @@ class TrainingDiverged(Exception):
     """The loss became NaN or infinite."""
 
 
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _agree(flag: bool, world: int, device: torch.device) -> bool:
+    """Under DDP every rank must stop together: any rank's 'stop' stops all."""
+    if world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def lr_at(config: TrainConfig, progress: float, step: int) -> float:
+    """Linear warm-up, then constant or cosine decay by the share of the budget used."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    floor = config.learning_rate * config.min_lr_ratio
+    return floor + (config.learning_rate - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
 def train(
     model: CharRNN,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
+    batches: data.SentenceBatches | data.StreamBatches,
     config: TrainConfig,
+    val_ids: torch.Tensor | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    optimizer_state: dict | None = None,
+    start_step: int = 0,
+    report_every: int = 1,
 ) -> TrainResult:
-    """Trains `model` in place on (N, T) input/target id tensors with Adam and cross-entropy."""
+    """Trains `model` in place; at the end it holds the weights with the best validation loss."""
+    rank, world = _world()
     device = model.fc.weight.device
-    inputs, targets = inputs.to(device), targets.to(device)
-    n = inputs.shape[0]
-    batches_per_epoch = math.ceil(n / config.batch_size)
-    total_steps = config.epochs * batches_per_epoch
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+    total_steps = config.epochs * batches.steps_per_epoch
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    criterion = nn.CrossEntropyLoss()
-    shuffler = torch.Generator().manual_seed(config.seed)
+    eval_interval = config.eval_interval or batches.steps_per_epoch
+    dropout_gen = torch.Generator(device=device).manual_seed(config.seed + 7919 * rank)
     started = time.monotonic()
-    step, loss_value, history, epoch = 0, float("nan"), [], 0
+    step = 0
+    epoch = 0
+    history: list[Evaluation] = []
+    best = (math.inf, None, None, None)  # (val loss, step, model state, optimizer state)
+    bad_evals = 0
+    stopped = "budget"
+    running_loss, running_n, last_report_t, last_report_step = 0.0, 0, started, 0
+    loss_value = float("nan")
+
+    def budget_used() -> float:
+        used = step / total_steps if total_steps else 0.0
+        if config.max_seconds:
+            used = max(used, (time.monotonic() - started) / config.max_seconds)
+        return used
+
+    def stop_now() -> bool:
+        return should_stop is not None and should_stop()
+
+    def evaluate() -> Evaluation:
+        train_loss = running_loss / max(running_n, 1)
+        val_loss = None
+        if val_ids is not None and len(val_ids) > 1:
+            try:
+                total, count = mean_loss(model, val_ids, streams=config.eval_streams, should_stop=stop_now)
+            except ScoringCancelled:
+                raise TrainingCancelled() from None
+            val_loss = total / max(count, 1)
+        return Evaluation(
+            step=start_step + step,
+            epoch=epoch,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_bpc=val_loss / math.log(2) if val_loss is not None else None,
+            elapsed=time.monotonic() - started,
+        )
+
     model.train()
-    for epoch in range(1, config.epochs + 1):
-        order = torch.randperm(n, generator=shuffler) if batches_per_epoch > 1 else torch.arange(n)
-        for b in range(batches_per_epoch):
-            if should_stop is not None and should_stop():
+    done = False
+    while not done and epoch < config.epochs:
+        epoch += 1
+        state = None
+        for x, y in batches.epoch():
+            if _agree(stop_now(), world, device):
                 raise TrainingCancelled()
-            idx = order[b * config.batch_size : (b + 1) * config.batch_size].to(device)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if config.unk_dropout > 0:
+                mask = torch.rand(x.shape, generator=dropout_gen, device=device) < config.unk_dropout
+                x = x.masked_fill(mask, UNK_INDEX)
+            lr = lr_at(config, budget_used(), start_step + step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            logits, _ = model(inputs[idx])  # (B, T, V)
-            loss = criterion(logits.reshape(-1, logits.shape[-1]), targets[idx].reshape(-1))
+            if state is not None and (not batches.stateful or state.shape[1] != x.shape[0]):
+                state = None
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                logits, state = net(x, state)  # (B, T, V)
+            state = state.detach().float() if batches.stateful else None
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
             loss_value = loss.item()
             if not math.isfinite(loss_value):
-                raise TrainingDiverged(f"loss became {loss_value} at step {step + 1}")
+                raise TrainingDiverged(f"loss became {loss_value} at step {start_step + step + 1}")
             loss.backward()
             if config.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             step += 1
-            if on_progress is not None:
-                on_progress(Progress(epoch, config.epochs, step, total_steps, loss_value))
-            out_of_time = config.max_seconds and time.monotonic() - started >= config.max_seconds
-            if step >= total_steps or out_of_time:
+            running_loss += loss_value
+            running_n += 1
+            out_of_budget = step >= total_steps or (
+                config.max_seconds and time.monotonic() - started >= config.max_seconds
+            )
+            out_of_budget = _agree(bool(out_of_budget), world, device)
+            evaluation = None
+            if step % eval_interval == 0 or out_of_budget:
+                evaluation = evaluate()
+                history.append(evaluation)
+                score = evaluation.val_loss if evaluation.val_loss is not None else evaluation.train_loss
+                if score < best[0]:
+                    best = (score, start_step + step, copy.deepcopy(model.state_dict()), None)
+                    best = (*best[:3], copy.deepcopy(optimizer.state_dict()))
+                    bad_evals = 0
+                else:
+                    bad_evals += 1
+                    if config.patience and bad_evals >= config.patience:
+                        stopped, out_of_budget = "early_stopping", True
+                model.train()
+            if (
+                rank == 0
+                and on_progress is not None
+                and (evaluation is not None or step % report_every == 0 or out_of_budget)
+            ):
+                now = time.monotonic()
+                elapsed = now - started
+                rate = (step - last_report_step) * batches.chars_per_step * world / max(now - last_report_t, 1e-9)
+                used = budget_used()
+                on_progress(
+                    Progress(
+                        epoch=epoch,
+                        epochs=config.epochs,
+                        step=start_step + step,
+                        total_steps=start_step + total_steps,
+                        loss=running_loss / max(running_n, 1) if evaluation is None else evaluation.train_loss,
+                        lr=lr,
+                        chars_per_s=rate,
+                        elapsed=elapsed,
+                        eta=elapsed * (1 - used) / used if used > 0 else None,
+                        evaluation=evaluation,
+                    )
+                )
+                last_report_t, last_report_step = now, step
+            if evaluation is not None:
+                running_loss, running_n = 0.0, 0
+            if out_of_budget:
+                done = True
                 break
-        history.append(loss_value)
-        if step >= total_steps or (config.max_seconds and time.monotonic() - started >= config.max_seconds):
-            break
+    best_loss, best_step, best_model, best_opt = best
+    if best_model is not None:
+        model.load_state_dict(best_model)
     model.eval()
-    return TrainResult(loss_value, step, epoch, time.monotonic() - started, history)
+    has_val = val_ids is not None and len(val_ids) > 1
+    return TrainResult(
+        final_loss=loss_value,
+        steps=start_step + step,
+        epochs=epoch,
+        seconds=time.monotonic() - started,
+        best_val_loss=best_loss if has_val and best_model is not None else None,
+        best_step=best_step,
+        stopped=stopped,
+        history=history,
+        optimizer_state=best_opt if best_opt is not None else optimizer.state_dict(),
+    )
 
 
 def build_model(config: ModelConfig, seed: int, device: torch.device | str = "cpu") -> CharRNN:
@@ -113,6 +290,17 @@ def build_model(config: ModelConfig, seed: int, device: torch.device | str = "cp
         torch.manual_seed(seed)
         model = CharRNN(config)
     return model.to(device)
+
+
+@dataclass
+class Trained:
+    model: CharRNN
+    vocab: Vocab
+    model_config: ModelConfig
+    result: TrainResult
+    corpus_chars: int = 0
+    train_chars: int = 0
+    val_chars: int = 0
 
 
 def train_on_text(
@@ -129,27 +317,69 @@ def train_on_text(
     device: torch.device | str = "cpu",
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> tuple[CharRNN, Vocab, ModelConfig, TrainResult]:
-    """From raw text to a trained model: builds the vocabulary, the tensors and the model, then trains."""
+    resume: tuple[CharRNN, Vocab, dict | None, int] | None = None,
+    report_every: int = 1,
+) -> Trained:
+    """From raw text to a trained model: builds (or, with `resume`, reuses) the vocabulary and the
+    model, makes the batches and the validation split, then trains.
+
+    `resume` is (model, vocab, optimizer_state, step) of a stored checkpoint: training continues
+    from there with that vocabulary and architecture.
+    """
     if (sentences is None) == (corpus is None):
         raise ValueError("give exactly one of sentences or corpus")
-    vocab = Vocab.from_text(sentences if sentences is not None else corpus)
-    if sentences is not None:
-        vocab = Vocab.from_text(data.pad_sentences(sentences))
-        inputs, targets = data.sentence_pairs(vocab, sentences)
+    rank, world = _world()
+    if resume is not None:
+        model, vocab, optimizer_state, start_step = resume
+        model = model.to(device)
+        model_config = model.config
     else:
-        inputs, targets = data.corpus_pairs(vocab, corpus, config.seq_len)
-    model_config = ModelConfig(
-        vocab_size=vocab.size,
-        cell=cell,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        dropout=dropout,
-        encoding=encoding,
-        embedding_dim=embedding_dim,
-    )
-    model = build_model(model_config, config.seed, device)
+        source = data.pad_sentences(sentences) if sentences is not None else corpus
+        vocab = Vocab.from_text(source, min_count=config.min_char_count)
+        model_config = ModelConfig(
+            vocab_size=vocab.size,
+            cell=cell,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            dropout=dropout,
+            encoding=encoding,
+            embedding_dim=embedding_dim,
+        )
+        model = build_model(model_config, config.seed, device)
+        optimizer_state, start_step = None, 0
+    val_ids = None
+    if sentences is not None:
+        inputs, targets = data.sentence_pairs(vocab, sentences)
+        batches = data.SentenceBatches(inputs, targets, config.batch_size, config.seed)
+        train_chars = inputs.numel()
+    else:
+        ids = torch.tensor(vocab.encode(corpus), dtype=torch.long)
+        train_ids, val_ids = data.split_validation(ids, config.val_fraction)
+        batches = data.StreamBatches(train_ids, config.batch_size, config.seq_len, rank, world)
+        train_chars = len(train_ids)
+        if val_ids is not None and len(val_ids) < 2:
+            val_ids = None
+    if rank > 0:
+        on_progress = None
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)  # dropout masks
-        result = train(model, inputs, targets, config, on_progress, should_stop)
-    return model, vocab, model_config, result
+        torch.manual_seed(config.seed + rank)  # dropout masks
+        result = train(
+            model,
+            batches,
+            replace(config),
+            val_ids=val_ids,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            optimizer_state=optimizer_state,
+            start_step=start_step,
+            report_every=report_every,
+        )
+    return Trained(
+        model=model,
+        vocab=vocab,
+        model_config=model_config,
+        result=result,
+        corpus_chars=len(corpus) if corpus is not None else sum(len(s) for s in sentences),
+        train_chars=train_chars,
+        val_chars=len(val_ids) if val_ids is not None else 0,
+    )

@@ -43,8 +43,8 @@ def test_malformed_json_is_422(client):
 BAD_TRAINING = [
     ({"sentences": ["ab"]}, "name"),
     ({"name": "../etc", "sentences": ["ab"]}, "name"),
-    ({"name": "x", "corpus": "abc", "sentences": ["ab"]}, "corpus or sentences"),
-    ({"name": "x"}, "corpus or sentences"),
+    ({"name": "x", "corpus": "abc", "sentences": ["ab"]}, "exactly one of corpus"),
+    ({"name": "x"}, "exactly one of corpus"),
     ({"name": "x", "corpus": "a"}, "corpus"),
     ({"name": "x", "sentences": []}, "sentences"),
     ({"name": "x", "sentences": ["ab"], "cell": "transformer"}, "cell"),

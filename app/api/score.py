@@ -1,0 +1,33 @@
+"""POST /score: how well a model predicts a text (loss per character, bits per character, perplexity)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.deps import ServiceDep, SettingsDep
+from app.errors import InvalidInput
+from app.schemas import ErrorResponse, ScoreRequest, ScoreResponse
+
+router = APIRouter(tags=["models"])
+
+
+@router.post(
+    "/score",
+    response_model=ScoreResponse,
+    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    summary="Score a text",
+)
+def score(req: ScoreRequest, service: ServiceDep, settings: SettingsDep) -> ScoreResponse:
+    """Each character is predicted from all the characters before it (the state is carried
+    through the whole text), the way to compare models on your own held-out text."""
+    if len(req.text) > settings.max_score_chars:
+        raise InvalidInput(f"text: more than the limit of {settings.max_score_chars} characters", "text")
+    name, s = service.score(req.text, req.model)
+    return ScoreResponse(
+        model=name,
+        nats_per_char=s.nats_per_char,
+        bits_per_char=s.bits_per_char,
+        perplexity=s.perplexity,
+        chars_scored=s.chars_scored,
+        unknown_chars=s.unknown_chars,
+    )

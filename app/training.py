@@ -1,0 +1,123 @@
+"""One training run from a request or the command line to a saved checkpoint: shared by jobs and the CLI."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+
+from app.lm import default
+from app.lm.store import ModelStore
+from app.lm.train import Progress, TrainConfig, Trained, train_on_text
+
+log = logging.getLogger(__name__)
+
+MODEL_FIELDS = ("cell", "hidden_size", "num_layers", "encoding", "embedding_dim", "dropout")
+TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
+
+
+@dataclass
+class TrainSpec:
+    """What to train: the text, the architecture and the settings. Unset (None) settings take the
+    defaults for the kind of text: the tutorial's for sentences, the recommended ones for a corpus."""
+
+    name: str
+    corpus: str | None = None
+    corpus_file: Path | None = None
+    sentences: list[str] | None = None
+    resume_from: str | None = None
+    activate: bool = True
+    overwrite: bool = False
+    options: dict = field(default_factory=dict)  # any of MODEL_FIELDS and TRAIN_FIELDS
+
+    @property
+    def source(self) -> str:
+        return "sentences" if self.sentences is not None else "corpus"
+
+    def model_kwargs(self) -> dict:
+        base = dict(default.SENTENCE_MODEL if self.sentences is not None else default.CORPUS_MODEL)
+        base.setdefault("dropout", 0.0)
+        base.update({k: v for k, v in self.options.items() if k in MODEL_FIELDS and v is not None})
+        return base
+
+    def train_config(self) -> TrainConfig:
+        base = default.SENTENCE_TRAIN if self.sentences is not None else default.CORPUS_TRAIN
+        return replace(base, **{k: v for k, v in self.options.items() if k in TRAIN_FIELDS and v is not None})
+
+
+def read_corpus(spec: TrainSpec) -> str | None:
+    if spec.corpus_file is not None:
+        return spec.corpus_file.read_text(encoding="utf-8")
+    return spec.corpus
+
+
+def run_training(
+    spec: TrainSpec,
+    store: ModelStore,
+    device: torch.device,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    save: bool = True,
+    report_every: int = 1,
+) -> tuple[Trained, dict | None]:
+    """Trains and (on rank 0, if `save`) saves. Returns the trained model and its metadata."""
+    config = spec.train_config()
+    resume = None
+    if spec.resume_from is not None:
+        checkpoint = store.load(spec.resume_from, device)
+        resume = (
+            checkpoint.model,
+            checkpoint.vocab,
+            store.load_optimizer_state(spec.resume_from, device),
+            int(checkpoint.meta.get("step", 0)),
+        )
+    corpus = read_corpus(spec)
+    trained = train_on_text(
+        sentences=spec.sentences,
+        corpus=corpus,
+        config=config,
+        device=device,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        resume=resume,
+        report_every=report_every,
+        **spec.model_kwargs(),
+    )
+    result = trained.result
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    if not save or rank != 0:
+        return trained, None
+    training = {
+        "source": spec.source,
+        "resumed_from": spec.resume_from,
+        **config.to_json(),
+        "corpus_chars": trained.corpus_chars,
+        "train_chars": trained.train_chars,
+        "val_chars": trained.val_chars,
+    }
+    if spec.sentences is not None:
+        training["sentences"] = spec.sentences
+    metrics = {
+        "final_loss": result.final_loss,
+        "best_val_loss": result.best_val_loss,
+        "best_val_bpc": result.best_val_loss / math.log(2) if result.best_val_loss is not None else None,
+        "best_step": result.best_step,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "seconds": round(result.seconds, 3),
+        "stopped": result.stopped,
+    }
+    meta = store.save(
+        spec.name,
+        trained.model,
+        trained.vocab,
+        training=training,
+        metrics=metrics,
+        optimizer_state=result.optimizer_state,
+        step=result.steps,
+    )
+    return trained, meta

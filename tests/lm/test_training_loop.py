@@ -1,0 +1,140 @@
+"""The real-corpus training loop: streams, validation, best checkpoint, early stopping, resume."""
+
+import math
+
+import pytest
+import torch
+
+from app.lm import data
+from app.lm.model import ModelConfig
+from app.lm.score import mean_loss
+from app.lm.store import ModelStore
+from app.lm.train import TrainConfig, TrainingCancelled, TrainingDiverged, build_model, lr_at, train, train_on_text
+from app.lm.vocab import Vocab
+
+TEXT = "the quick brown fox jumps over the lazy dog. " * 60
+
+
+def test_stream_batches_are_consecutive_windows_of_parallel_streams():
+    ids = torch.arange(101)
+    b = data.StreamBatches(ids, batch_size=4, seq_len=5)
+    windows = list(b.epoch())
+    assert b.steps_per_epoch == len(windows) == 5
+    x0, y0 = windows[0]
+    x1, _ = windows[1]
+    assert x0.shape == (4, 5)
+    assert torch.equal(y0, x0 + 1)  # targets are the next characters
+    assert torch.equal(x1[:, 0], x0[:, -1] + 1)  # window k+1 continues window k in every stream
+    assert torch.equal(x0[:, 0], torch.tensor([0, 25, 50, 75]))
+
+
+def test_ranks_read_disjoint_streams():
+    ids = torch.arange(1001)
+    r0 = data.StreamBatches(ids, batch_size=2, seq_len=10, rank=0, world=2)
+    r1 = data.StreamBatches(ids, batch_size=2, seq_len=10, rank=1, world=2)
+    assert set(r0.inputs.flatten().tolist()).isdisjoint(r1.inputs.flatten().tolist())
+
+
+def test_validation_is_held_out_from_the_end():
+    train_ids, val_ids = data.split_validation(torch.arange(100), 0.1)
+    assert train_ids.tolist() == list(range(90)) and val_ids.tolist() == list(range(90, 100))
+    with pytest.raises(ValueError, match="too short"):
+        data.split_validation(torch.arange(10), 0.05)
+
+
+def test_a_too_short_corpus_is_a_clear_error():
+    with pytest.raises(ValueError, match="too short"):
+        data.StreamBatches(torch.arange(10), batch_size=8, seq_len=4)
+
+
+def test_corpus_training_reports_validation_and_keeps_the_best_weights():
+    seen = []
+    cfg = TrainConfig(
+        epochs=6, batch_size=4, seq_len=32, learning_rate=0.01, val_fraction=0.1, eval_interval=5, lr_schedule="cosine"
+    )
+    trained = train_on_text(
+        corpus=TEXT, cell="gru", hidden_size=32, encoding="embedding", config=cfg, on_progress=seen.append
+    )
+    r = trained.result
+    evals = [p.evaluation for p in seen if p.evaluation is not None]
+    assert evals and all(e.val_loss is not None and e.val_bpc == pytest.approx(e.val_loss / math.log(2)) for e in evals)
+    assert r.best_val_loss == min(e.val_loss for e in evals)
+    assert evals[-1].val_loss < evals[0].val_loss
+    # the model handed back holds the best weights: validating it again gives the best loss
+    val_ids = torch.tensor(trained.vocab.encode(TEXT[len(TEXT) - trained.val_chars :]))
+    total, count = mean_loss(trained.model, val_ids, streams=cfg.eval_streams)
+    assert total / count == pytest.approx(r.best_val_loss, rel=1e-5)
+    assert all(p.chars_per_s > 0 and p.elapsed >= 0 for p in seen)
+    assert seen[-1].eta == pytest.approx(0.0, abs=1e-6)
+
+
+def test_early_stopping_after_patience_without_improvement():
+    cfg = TrainConfig(epochs=50, batch_size=4, seq_len=16, learning_rate=1e-12, val_fraction=0.1, eval_interval=1, patience=2)
+    r = train_on_text(corpus=TEXT, hidden_size=8, config=cfg).result
+    assert r.stopped == "early_stopping"
+    assert r.steps == 3  # one evaluation sets the best, two more fail to beat it
+
+
+def test_a_non_finite_loss_fails_the_run():
+    vocab = Vocab.from_text(TEXT)
+    model = build_model(ModelConfig(vocab_size=vocab.size, hidden_size=8), seed=0)
+    with torch.no_grad():
+        model.fc.weight.fill_(float("nan"))
+    batches = data.StreamBatches(torch.tensor(vocab.encode(TEXT)), 4, 16)
+    with pytest.raises(TrainingDiverged, match="loss became nan"):
+        train(model, batches, TrainConfig(epochs=1))
+
+
+def test_unk_dropout_hides_inputs():
+    # pairs "ab" or "cd" in random order: the second of a pair follows from the first, if it is seen
+    gen = torch.Generator().manual_seed(0)
+    text = "".join("ab" if bit else "cd" for bit in torch.randint(0, 2, (600,), generator=gen).tolist())
+    kw = dict(corpus=text, hidden_size=16, encoding="embedding")
+    cfg = TrainConfig(epochs=30, batch_size=4, seq_len=20, learning_rate=0.05)
+    seen = train_on_text(**kw, config=cfg).result.history[-1].train_loss
+    hidden = train_on_text(**kw, config=TrainConfig(**{**cfg.to_json(), "unk_dropout": 0.95})).result
+    assert seen < 0.45  # ~ln(2)/2: only the first of each pair is a coin toss
+    assert hidden.history[-1].train_loss > 0.55  # inputs replaced by UNK: the second is a guess too
+
+
+def test_warmup_and_cosine_schedule():
+    cfg = TrainConfig(learning_rate=1.0, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.1)
+    assert lr_at(cfg, 0.0, 0) == pytest.approx(0.1)
+    assert lr_at(cfg, 0.5, 50) == pytest.approx(0.55)
+    assert lr_at(cfg, 1.0, 100) == pytest.approx(0.1)
+
+
+def test_resume_continues_from_the_saved_step_with_the_saved_vocabulary(tmp_path):
+    store = ModelStore(tmp_path)
+    cfg = TrainConfig(epochs=2, batch_size=4, seq_len=16, val_fraction=0.1)
+    first = train_on_text(corpus=TEXT, cell="lstm", hidden_size=16, config=cfg)
+    store.save("m", first.model, first.vocab, optimizer_state=first.result.optimizer_state, step=first.result.steps)
+    ckpt = store.load("m")
+    opt = store.load_optimizer_state("m")
+    assert opt is not None and opt["state"]
+    resumed = train_on_text(
+        corpus=TEXT + " ZZZ",  # a new character maps to UNK: the vocabulary stays the stored one
+        config=cfg,
+        resume=(ckpt.model, ckpt.vocab, opt, ckpt.meta["step"]),
+    )
+    assert resumed.vocab == first.vocab
+    assert resumed.result.history[0].step > first.result.steps  # step numbers continue
+    assert resumed.result.steps > first.result.steps
+    assert resumed.model_config == first.model_config
+
+
+def test_cancel_during_corpus_training():
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(TrainingCancelled):
+        train_on_text(corpus=TEXT, hidden_size=8, config=TrainConfig(epochs=1000, batch_size=2, seq_len=8), should_stop=stop)
+
+
+def test_bf16_precision_trains():
+    cfg = TrainConfig(epochs=3, batch_size=4, seq_len=32, learning_rate=0.01, precision="bf16")
+    r = train_on_text(corpus=TEXT, cell="lstm", hidden_size=32, encoding="embedding", config=cfg).result
+    assert r.history[-1].train_loss < r.history[0].train_loss
