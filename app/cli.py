@@ -124,6 +124,8 @@ def train(args: argparse.Namespace) -> int:
             "best_val_loss": r.best_val_loss,
             "best_val_bpc": r.best_val_loss / math.log(2) if r.best_val_loss is not None else None,
             "stopped": r.stopped,
+            "train_loss_first": r.history[0].train_loss if r.history else None,
+            "train_loss_last": r.history[-1].train_loss if r.history else None,
             "world_size": world,
             "active": args.activate,
         }
@@ -176,7 +178,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float)
     for f in fields(TrainConfig):
         kind = type(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, help=f"default for a corpus: see README ({kind.__name__})")
+        p.add_argument(
+            "--" + f.name.replace("_", "-"), type=kind, help=f"default for a corpus: see README ({kind.__name__})"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

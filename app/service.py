@@ -18,6 +18,7 @@ from app.config import Settings
 from app.engine import Engine, GenerationRequest
 from app.errors import Conflict, InvalidInput, NotFound
 from app.lm import default as default_model
+from app.lm.data import minimum_corpus_chars
 from app.lm.generate import SamplingParams, random_seed
 from app.lm.model import CharRNN
 from app.lm.score import Score, score_text
@@ -250,6 +251,16 @@ class ModelService:
                 raise NotFound(f"no model named {spec.resume_from!r} to resume from", "resume_from")
         except InvalidModelName as exc:
             raise InvalidInput(str(exc), "name") from None
+        if spec.corpus is not None:
+            config = spec.train_config()
+            needed = minimum_corpus_chars(config.batch_size, config.val_fraction)
+            if len(spec.corpus) < needed:
+                raise InvalidInput(
+                    f"corpus: {len(spec.corpus)} characters is too short for one training window with "
+                    f"batch_size {config.batch_size} and val_fraction {config.val_fraction} (needs at least "
+                    f"{needed}); send more text or lower batch_size",
+                    "corpus",
+                )
         if exists and not spec.overwrite and spec.resume_from != spec.name:
             raise Conflict(f"a model named {spec.name!r} already exists; set overwrite to replace it", "name")
         with self._jobs_lock:

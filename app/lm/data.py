@@ -45,6 +45,14 @@ def split_validation(ids: torch.Tensor, val_fraction: float) -> tuple[torch.Tens
     return ids[: len(ids) - n_val], ids[len(ids) - n_val :]
 
 
+def minimum_corpus_chars(batch_size: int, val_fraction: float, world: int = 1) -> int:
+    """The shortest corpus that gives every stream two characters and the validation split two."""
+    train_min = 2 * batch_size * world + 1
+    if val_fraction <= 0:
+        return train_min
+    return max(math.ceil(train_min / (1 - val_fraction)), math.ceil(2 / val_fraction))
+
+
 class SentenceBatches:
     """Independent sequences (the tutorial's sentences): shuffled minibatches, state reset each batch."""
 

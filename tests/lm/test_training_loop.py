@@ -69,7 +69,9 @@ def test_corpus_training_reports_validation_and_keeps_the_best_weights():
 
 
 def test_early_stopping_after_patience_without_improvement():
-    cfg = TrainConfig(epochs=50, batch_size=4, seq_len=16, learning_rate=1e-12, val_fraction=0.1, eval_interval=1, patience=2)
+    cfg = TrainConfig(
+        epochs=50, batch_size=4, seq_len=16, learning_rate=1e-12, val_fraction=0.1, eval_interval=1, patience=2
+    )
     r = train_on_text(corpus=TEXT, hidden_size=8, config=cfg).result
     assert r.stopped == "early_stopping"
     assert r.steps == 3  # one evaluation sets the best, two more fail to beat it
@@ -131,7 +133,9 @@ def test_cancel_during_corpus_training():
         return len(calls) > 3
 
     with pytest.raises(TrainingCancelled):
-        train_on_text(corpus=TEXT, hidden_size=8, config=TrainConfig(epochs=1000, batch_size=2, seq_len=8), should_stop=stop)
+        train_on_text(
+            corpus=TEXT, hidden_size=8, config=TrainConfig(epochs=1000, batch_size=2, seq_len=8), should_stop=stop
+        )
 
 
 def test_bf16_precision_trains():
