@@ -1,24 +1,36 @@
-# CPU-only image of the completion service.
+# charrnn completion service: a builder stage makes the virtualenv, the runtime stage runs it.
 ARG BASE_IMAGE=python:3.11-slim
-FROM ${BASE_IMAGE}
 
+FROM ${BASE_IMAGE} AS builder
+# CPU-only torch by default (the CUDA build is several GB). To install from local wheels instead:
+#   --build-arg WHEELS_DIR=/wheels -v "$PWD/wheels:/wheels:ro"   (podman) or a BuildKit mount
 ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=""
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    CHARRNN_MODEL_STORE=/data/model_store CHARRNN_DEVICE=cpu
-
-WORKDIR /srv
-# torch first and pinned: the CPU build; TORCH_INDEX_URL may name a CPU-only wheel index
-RUN python -m pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}"
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG WHEELS_DIR=
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python3 -m venv /opt/venv
+WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN python -m pip install --no-cache-dir . \
-    && useradd --create-home --uid 10001 charrnn \
-    && mkdir -p /data/model_store && chown -R charrnn /data
+RUN if [ -n "$WHEELS_DIR" ]; then \
+        pip install --find-links "$WHEELS_DIR" "torch==$TORCH_VERSION"; \
+    else \
+        pip install --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION"; \
+    fi \
+    && pip install ${WHEELS_DIR:+--find-links "$WHEELS_DIR"} . \
+    && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
+FROM ${BASE_IMAGE}
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    CHARRNN_MODEL_STORE=/data/model_store CHARRNN_DEVICE=cpu
+RUN useradd --create-home --uid 10001 charrnn \
+    && mkdir -p /data/model_store \
+    && chown charrnn /data/model_store
+COPY --from=builder /opt/venv /opt/venv
 USER charrnn
+WORKDIR /home/charrnn
 VOLUME ["/data/model_store"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"]
-CMD ["python", "-m", "app", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"]
+CMD ["charrnn", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -27,6 +27,10 @@ class CorpusStore:
             raise NotFound(f"no corpus {corpus_id!r}; upload one with POST /corpora", "corpus_id")
         return path
 
+    def info(self, corpus_id: str) -> dict:
+        self.path(corpus_id)
+        return json.loads((self.root / f"{corpus_id}.json").read_text())
+
     def list(self) -> list[dict]:
         if not self.root.is_dir():
             return []

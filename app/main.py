@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from app.api import complete, corpora, health, metrics, models, score, train, vocab
+from app.api import complete, corpora, health, metrics, models, openai, score, train, vocab
 from app.config import Settings, get_settings
 from app.corpora import CorpusStore
 from app.engine import configure_torch_threads
@@ -70,6 +70,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.dependency_overrides[get_settings] = _settings
     app.state.corpora = CorpusStore(Path(settings.model_store) / "corpora", settings.max_corpus_bytes)
     install_error_handlers(app)
-    for module in (complete, vocab, train, corpora, models, score, health, metrics):
+    for module in (complete, vocab, train, corpora, models, score, openai, health, metrics):
         app.include_router(module.router)
     return app

@@ -259,3 +259,48 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# ---- /v1 (OpenAI-compatible) ----------------------------------------------------------------
+
+
+class OpenAICompletionRequest(BaseModel):
+    """OpenAI's completions request. One token is one character here."""
+
+    model_config = ConfigDict(
+        extra="ignore",  # OpenAI clients send fields this server has no use for (user, echo=false, ...)
+        json_schema_extra={"examples": [{"model": "default", "prompt": "good", "max_tokens": 11, "temperature": 0}]},
+    )
+
+    model: str | None = Field(None, description="The active model's name (see GET /v1/models).")
+    prompt: str | list[str] = Field(description="Text to complete (a list must hold exactly one string).")
+    max_tokens: int = Field(16, ge=0, description="Characters to generate at most (one token = one character).")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    n: int = Field(1, ge=1)
+    stop: str | list[str] | None = Field(None, description="Up to 4 stop strings; not included in the output.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stream: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5, description="Not supported: must be null or 0.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> OpenAICompletionRequest:
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise ValueError("prompt: give one string (batches of prompts are not supported)")
+        if not self.prompt_text:
+            raise ValueError("prompt must not be empty")
+        if len(self.stop_list) > 4 or any(s == "" for s in self.stop_list):
+            raise ValueError("stop: at most 4 non-empty strings")
+        if self.logprobs:
+            raise ValueError("logprobs are not supported")
+        return self
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)

@@ -251,15 +251,15 @@ class ModelService:
                 raise NotFound(f"no model named {spec.resume_from!r} to resume from", "resume_from")
         except InvalidModelName as exc:
             raise InvalidInput(str(exc), "name") from None
-        if spec.corpus is not None:
+        if spec.corpus_chars is not None:
             config = spec.train_config()
             needed = minimum_corpus_chars(config.batch_size, config.val_fraction)
-            if len(spec.corpus) < needed:
+            if spec.corpus_chars < needed:
                 raise InvalidInput(
-                    f"corpus: {len(spec.corpus)} characters is too short for one training window with "
+                    f"corpus: {spec.corpus_chars} characters is too short for one training window with "
                     f"batch_size {config.batch_size} and val_fraction {config.val_fraction} (needs at least "
                     f"{needed}); send more text or lower batch_size",
-                    "corpus",
+                    "corpus" if spec.corpus is not None else "corpus_id",
                 )
         if exists and not spec.overwrite and spec.resume_from != spec.name:
             raise Conflict(f"a model named {spec.name!r} already exists; set overwrite to replace it", "name")

@@ -28,11 +28,16 @@ class TrainSpec:
     name: str
     corpus: str | None = None
     corpus_file: Path | None = None
+    corpus_file_chars: int | None = None
     sentences: list[str] | None = None
     resume_from: str | None = None
     activate: bool = True
     overwrite: bool = False
     options: dict = field(default_factory=dict)  # any of MODEL_FIELDS and TRAIN_FIELDS
+
+    @property
+    def corpus_chars(self) -> int | None:
+        return len(self.corpus) if self.corpus is not None else self.corpus_file_chars
 
     @property
     def source(self) -> str:

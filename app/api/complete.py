@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
+from app.api.generation import GenerationError, text_deltas, wait_until_done
 from app.deps import ServiceDep, SettingsDep
 from app.engine import GenerationRequest
 from app.errors import InvalidInput
@@ -56,36 +56,19 @@ def response_body(service: ModelService, req: GenerationRequest) -> dict:
     ).model_dump()
 
 
-async def sse_events(service: ModelService, req: GenerationRequest):
-    """New text as `data:` events (whatever accumulated since the last one), a final event, [DONE].
-
-    If the client disconnects, this generator is cancelled and the request leaves the batch.
-    """
+async def sse_events(service: ModelService, gen: GenerationRequest):
+    """New text as `data:` events (whatever accumulated since the last one), a final event, [DONE]."""
     try:
-        while True:
-            kind, payload = await req.queue.get()
-            if kind == "text":
-                merged: dict[int, str] = {}
-                for index, text in payload:
-                    merged[index] = merged.get(index, "") + text
-                while not req.queue.empty() and req.queue._queue[0][0] == "text":  # coalesce a backlog
-                    for index, text in req.queue.get_nowait()[1]:
-                        merged[index] = merged.get(index, "") + text
-                choices = [{"index": i, "text": t} for i, t in sorted(merged.items())]
-                yield {"data": json.dumps({"choices": choices}, ensure_ascii=False)}
-            elif kind == "done":
-                body = response_body(service, req)
-                body["choices"] = [
-                    {"index": c["index"], "text": "", "finish_reason": c["finish_reason"]} for c in body["choices"]
-                ]
-                yield {"data": json.dumps(body, ensure_ascii=False)}
-                yield {"data": "[DONE]"}
-                return
-            else:
-                yield {"data": json.dumps({"error": {"type": "internal_error", "message": payload}})}
-                return
-    finally:
-        req.cancel()  # a no-op when finished; otherwise stops generating for a caller who left
+        async for merged in text_deltas(gen):
+            choices = [{"index": i, "text": t} for i, t in sorted(merged.items())]
+            yield {"data": json.dumps({"choices": choices}, ensure_ascii=False)}
+    except GenerationError as exc:
+        yield {"data": json.dumps({"error": {"type": "internal_error", "message": str(exc)}})}
+        return
+    body = response_body(service, gen)
+    body["choices"] = [{"index": c["index"], "text": "", "finish_reason": c["finish_reason"]} for c in body["choices"]]
+    yield {"data": json.dumps(body, ensure_ascii=False)}
+    yield {"data": "[DONE]"}
 
 
 @router.post(
@@ -110,24 +93,6 @@ async def complete(req: CompleteRequest, request: Request, service: ServiceDep, 
     if req.stream:
         return EventSourceResponse(sse_events(service, gen), headers=STREAM_HEADERS, sep="\n", ping=15)
     # a caller that hangs up before the answer is ready stops its generation, as in streaming
-    disconnected = asyncio.ensure_future(wait_for_disconnect(request))
-    try:
-        while True:
-            item = asyncio.ensure_future(gen.queue.get())
-            await asyncio.wait({item, disconnected}, return_when=asyncio.FIRST_COMPLETED)
-            if not item.done():
-                item.cancel()
-                return Response(status_code=499)  # nobody is listening; the status is for the logs
-            kind, payload = item.result()
-            if kind == "done":
-                return response_body(service, gen)
-            if kind == "error":
-                raise RuntimeError(payload)
-    finally:
-        disconnected.cancel()
-        gen.cancel()
-
-
-async def wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    if not await wait_until_done(gen, request):
+        return Response(status_code=499)  # nobody is listening; the status is for the logs
+    return response_body(service, gen)

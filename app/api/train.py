@@ -76,6 +76,7 @@ def start_training(req: TrainRequest, service: ServiceDep, settings: SettingsDep
         name=req.name,
         corpus=req.corpus,
         corpus_file=corpora.path(req.corpus_id) if req.corpus_id is not None else None,
+        corpus_file_chars=corpora.info(req.corpus_id)["chars"] if req.corpus_id is not None else None,
         sentences=req.sentences,
         resume_from=req.resume_from,
         activate=req.activate,

@@ -104,6 +104,9 @@ def test_upload_a_corpus_and_train_on_it(fresh_client):
     assert wait_for_job(fresh_client, r.json()["job_id"])["status"] == "succeeded"
     r = fresh_client.post("/train", json={"name": "nope", "corpus_id": "0" * 32})
     assert r.status_code == 404 and r.json()["error"]["param"] == "corpus_id"
+    tiny = fresh_client.post("/corpora", content=b"abc de").json()["corpus_id"]
+    r = fresh_client.post("/train", json={"name": "tiny", "corpus_id": tiny})
+    assert r.status_code == 422 and "too short for one training window" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
