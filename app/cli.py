@@ -22,7 +22,9 @@ log = logging.getLogger("app")
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.logs import configure_logging
+
+    configure_logging(level, get_settings().log_json)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -41,6 +43,7 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=settings.log_level,
+        access_log=False,  # app.access logs one line per request, with its request id
         timeout_graceful_shutdown=args.graceful_timeout,
     )
     return 0

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +17,17 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps; auto = cuda, else mps, else cpu.")
     default_model_name: str = Field("default", description="Name the embedded default model is saved under.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging level.")
+
+    api_key: SecretStr | None = Field(
+        None, description="When set, every route but /health, /metrics and the docs needs Authorization: Bearer."
+    )
+    admin_api_key: SecretStr | None = Field(
+        None, description="When set, training and model management need this key (the plain key is not enough)."
+    )
+    log_json: bool = Field(False, description="Log one JSON object per line.")
+    active_poll_seconds: float = Field(
+        2.0, ge=0.0, le=3600, description="How often to look for a model activated by another replica; 0 = never."
+    )
 
     max_prefix_chars: int = Field(10_000, ge=1, le=1_000_000, description="Longest prefix /complete accepts.")
     max_new_chars: int = Field(4_096, ge=1, le=1_000_000, description="Most characters one completion may ask for.")

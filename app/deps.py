@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.auth import check_admin, check_user
 from app.config import Settings, get_settings
 from app.corpora import CorpusStore
 from app.errors import NotReady
@@ -22,6 +23,14 @@ async def get_service(request: Request) -> ModelService:
 
 async def get_corpora(request: Request) -> CorpusStore:
     return request.app.state.corpora
+
+
+async def require_user(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
+    check_user(request, settings)
+
+
+async def require_admin(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
+    check_admin(request, settings)
 
 
 ServiceDep = Annotated[ModelService, Depends(get_service)]

@@ -6,15 +6,18 @@ import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from app.api import complete, corpora, health, metrics, models, openai, score, train, vocab
 from app.config import Settings, get_settings
 from app.corpora import CorpusStore
+from app.deps import require_admin, require_user
 from app.engine import configure_torch_threads
 from app.errors import install_error_handlers
 from app.lm.device import DeviceUnavailable, resolve_device
+from app.logs import configure_logging
+from app.middleware import RequestLogMiddleware
 from app.service import ModelService
 
 log = logging.getLogger("app")
@@ -31,17 +34,12 @@ class StartupError(RuntimeError):
     """The service cannot start; the message says why in one line."""
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("app").setLevel(level.upper())
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_json)
         try:
             device = resolve_device(settings.device)
         except DeviceUnavailable as exc:
@@ -68,8 +66,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return settings
 
     app.dependency_overrides[get_settings] = _settings
+    app.add_middleware(
+        RequestLogMiddleware, metrics_of=lambda: getattr(getattr(app.state, "service", None), "metrics", None)
+    )
     app.state.corpora = CorpusStore(Path(settings.model_store) / "corpora", settings.max_corpus_bytes)
     install_error_handlers(app)
-    for module in (complete, vocab, train, corpora, models, score, openai, health, metrics):
+    user, admin = [Depends(require_user)], [Depends(require_admin)]
+    for module in (complete, vocab, models, score, openai):
+        app.include_router(module.router, dependencies=user)
+    for module in (train, corpora):  # training: the admin key where one is set
+        app.include_router(module.router, dependencies=admin)
+    for module in (health, metrics):  # public
         app.include_router(module.router)
     return app

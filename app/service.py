@@ -106,6 +106,7 @@ class ModelService:
         self._jobs_lock = threading.Lock()
         self._running: TrainingJob | None = None
         self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -113,6 +114,25 @@ class ModelService:
         """Loads the active checkpoint, or trains and saves the default model when there is none."""
         self._load_startup_model()
         self.engine.start()
+        if self.settings.active_poll_seconds > 0:
+            self._watcher = threading.Thread(target=self._follow_active, name="active-model-watch", daemon=True)
+            self._watcher.start()
+
+    def _follow_active(self) -> None:
+        """Replicas share model_store: when another process activates a model, switch to it too."""
+        while not self._stopped.wait(self.settings.active_poll_seconds):
+            try:
+                name = self.store.active_name()
+                if name is None:
+                    continue
+                current = self.active
+                sha = self.store.read_meta(name).get("weights_sha256")
+                if name == current.name and sha == current.meta.get("weights_sha256"):
+                    continue
+                self._activate(self.store.load(name, self.device))
+                log.info("switched to model %r, activated in %s by another process", name, self.store.root)
+            except Exception as exc:  # a half-written or broken model: keep serving, look again later
+                log.warning("could not follow the active model in %s: %s", self.store.root, exc)
 
     def _load_startup_model(self) -> None:
         started = time.perf_counter()
@@ -167,6 +187,7 @@ class ModelService:
 
     def stop(self) -> None:
         """Stops a running training job, and lets completions in flight finish."""
+        self._stopped.set()
         job = self._running
         if job is not None:
             job.cancel.set()

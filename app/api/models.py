@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
-from app.deps import ServiceDep
+from app.deps import ServiceDep, require_admin
 from app.schemas import ErrorResponse, ModelsResponse
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -18,6 +18,7 @@ def list_models(service: ServiceDep) -> ModelsResponse:
 
 @router.post(
     "/{name}/activate",
+    dependencies=[Depends(require_admin)],
     response_model=ModelsResponse,
     responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
     summary="Serve a stored model",
@@ -30,6 +31,7 @@ def activate_model(name: str, service: ServiceDep) -> ModelsResponse:
 
 @router.delete(
     "/{name}",
+    dependencies=[Depends(require_admin)],
     status_code=204,
     responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
     summary="Delete a stored model",
