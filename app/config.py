@@ -29,6 +29,14 @@ class Settings(BaseSettings):
         2.0, ge=0.0, le=3600, description="How often to look for a model activated by another replica; 0 = never."
     )
 
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body, but for /train and /corpora.")
+    max_train_body_bytes: int = Field(
+        210_000_000, ge=1024, description="Largest /train body (a JSON corpus of max_corpus_chars, escaped)."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed to call from a browser (JSON list); empty = CORS off."
+    )
+
     max_prefix_chars: int = Field(10_000, ge=1, le=1_000_000, description="Longest prefix /complete accepts.")
     max_new_chars: int = Field(4_096, ge=1, le=1_000_000, description="Most characters one completion may ask for.")
     max_n: int = Field(16, ge=1, le=256, description="Most completions one request may ask for.")

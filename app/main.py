@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from app.api import complete, corpora, health, metrics, models, openai, score, train, vocab
@@ -17,7 +18,7 @@ from app.engine import configure_torch_threads
 from app.errors import install_error_handlers
 from app.lm.device import DeviceUnavailable, resolve_device
 from app.logs import configure_logging
-from app.middleware import RequestLogMiddleware
+from app.middleware import BodyLimitMiddleware, RequestLogMiddleware
 from app.service import ModelService
 
 log = logging.getLogger("app")
@@ -66,6 +67,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return settings
 
     app.dependency_overrides[get_settings] = _settings
+    app.add_middleware(
+        BodyLimitMiddleware, default_limit=settings.max_body_bytes, large_limit=settings.max_train_body_bytes
+    )
+    if settings.cors_origins:  # off unless configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        )
     app.add_middleware(
         RequestLogMiddleware, metrics_of=lambda: getattr(getattr(app.state, "service", None), "metrics", None)
     )

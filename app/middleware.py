@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -63,3 +64,70 @@ class RequestLogMiddleware:
                     "client": (scope.get("client") or ("", 0))[0],
                 },
             )
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over a size limit with 413, before the endpoint reads them whole.
+
+    Training requests may carry a corpus and get a larger limit; /corpora uploads stream to disk
+    and are bounded there.
+    """
+
+    def __init__(self, app: ASGIApp, default_limit: int, large_limit: int, large_prefixes=("/train",)) -> None:
+        self.app = app
+        self.default_limit = default_limit
+        self.large_limit = large_limit
+        self.large_prefixes = large_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/corpora"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.large_limit if scope["path"].startswith(self.large_prefixes) else self.default_limit
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit)
+            return
+        seen = 0
+        started = refused = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit and not started:
+                    # answer now; the endpoint then sees a client that went away
+                    refused = True
+                    await _too_large(send, limit)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 has been sent; whatever the endpoint says after is dropped
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except Exception:
+            if not refused:
+                raise
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = json.dumps(
+        {"error": {"type": "too_large", "message": f"request body over the limit of {limit} bytes", "param": "body"}}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

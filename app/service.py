@@ -135,38 +135,47 @@ class ModelService:
                 log.warning("could not follow the active model in %s: %s", self.store.root, exc)
 
     def _load_startup_model(self) -> None:
+        """The active model; if it is broken, the newest stored model that loads; if none does, the
+        default model, trained again. Every broken checkpoint is logged with its file."""
         started = time.perf_counter()
-        name = self.store.active_name()
-        if name is not None:
+        for leftover in self.store.remove_stale_temporaries():
+            log.warning("removed %s, left in %s by an interrupted write", leftover, self.store.root)
+        active = self.store.active_name()
+        candidates = [active] if active is not None else []
+        others = [n for n in self.store.names() if n != active]
+        candidates += sorted(others, key=self._created_at, reverse=True)
+        for name in candidates:
             try:
-                self._activate(self.store.load(name, self.device))
-                log.info(
-                    "loaded active model %r from %s onto %s in %.2fs",
-                    name,
-                    self.store.root,
-                    self.device,
-                    time.perf_counter() - started,
-                )
-                return
+                checkpoint = self.store.load(name, self.device)
             except (ModelNotFound, CorruptCheckpoint) as exc:
-                log.error("active model %r cannot be loaded, falling back to the default: %s", name, exc)
-        default_name = self.settings.default_model_name
-        if self.store.exists(default_name):
-            try:
-                self._activate(self.store.load(default_name, self.device))
-                self.store.set_active(default_name)
-                log.info("loaded default model %r from %s onto %s", default_name, self.store.root, self.device)
-                return
-            except CorruptCheckpoint as exc:
-                log.error("default model cannot be loaded, training it again: %s", exc)
+                log.error("model %r cannot be loaded: %s", name, exc)
+                continue
+            self._activate(checkpoint)
+            if name != active:
+                self.store.set_active(name)
+            log.info(
+                "loaded %s model %r from %s onto %s in %.2fs",
+                "active" if name == active else "last good",
+                name,
+                self.store.root,
+                self.device,
+                time.perf_counter() - started,
+            )
+            return
         self._train_default()
         log.info(
             "no usable checkpoint in %s: trained the default model %r and saved it in %.2fs (device %s)",
             self.store.root,
-            default_name,
+            self.settings.default_model_name,
             time.perf_counter() - started,
             self.device,
         )
+
+    def _created_at(self, name: str) -> str:
+        try:
+            return str(self.store.read_meta(name).get("created_at", ""))
+        except Exception:
+            return ""
 
     def _train_default(self) -> None:
         # trained on the CPU whatever the serving device, so every install gets the same weights
@@ -246,6 +255,7 @@ class ModelService:
         for name in self.store.names():
             try:
                 meta = self.store.read_meta(name)
+                self.store.verify(name)
                 out.append(
                     {
                         "name": name,

@@ -34,4 +34,4 @@ def test_the_settings_table_lists_every_setting_with_its_default():
     table = readme_settings()
     assert set(table) == set(Settings.model_fields)
     for name, field in Settings.model_fields.items():
-        assert table[name] == shown(field.default), name
+        assert table[name] == shown(field.get_default(call_default_factory=True)), name

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from app.lm.model import CharRNN, ModelConfig
@@ -92,6 +93,7 @@ class ModelStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self._lock = threading.Lock()  # serialises writers within this process
+        self._verified: set[tuple] = set()
 
     def _paths(self, name: str) -> tuple[Path, Path]:
         validate_name(name)
@@ -194,6 +196,34 @@ class ModelStore:
             raise CorruptCheckpoint(f"{meta_path}: unsupported or missing format_version")
         return meta
 
+    def verify(self, name: str) -> None:
+        """Raises CorruptCheckpoint unless the weights file is the one the metadata names.
+        The hash is computed once per file version (size and modification time)."""
+        weights_path, _ = self._paths(name)
+        meta = self.read_meta(name)
+        try:
+            st = weights_path.stat()
+        except FileNotFoundError:
+            raise CorruptCheckpoint(f"{weights_path}: weights file is missing") from None
+        key = (name, st.st_size, st.st_mtime_ns, meta.get("weights_sha256"))
+        if key in self._verified:
+            return
+        if st.st_size != meta.get("weights_bytes") or (
+            hashlib.sha256(weights_path.read_bytes()).hexdigest() != meta.get("weights_sha256")
+        ):
+            raise CorruptCheckpoint(f"{weights_path}: weights do not match the hash in {name}.json")
+        try:
+            vocab_size = Vocab.from_json(meta["vocab"]).size
+            with safe_open(weights_path, "pt") as f:
+                outputs = f.get_slice("fc.weight").get_shape()[0]
+        except Exception as exc:
+            raise CorruptCheckpoint(f"{name}: unreadable vocabulary or weights ({exc})") from exc
+        if not vocab_size == outputs == meta.get("model_config", {}).get("vocab_size"):
+            raise CorruptCheckpoint(
+                f"{name}.json: vocabulary of {vocab_size} ids does not match the model's {outputs} outputs"
+            )
+        self._verified.add(key)
+
     def load(self, name: str, device: torch.device | str = "cpu") -> Checkpoint:
         """Loads weights straight onto `device`, after checking they are the ones the metadata names."""
         weights_path, meta_path = self._paths(name)
@@ -216,9 +246,24 @@ class ModelStore:
         except CorruptCheckpoint:
             raise
         except Exception as exc:  # any inconsistency between metadata and weights
-            raise CorruptCheckpoint(f"{name}: checkpoint does not load ({exc})") from exc
+            raise CorruptCheckpoint(f"{meta_path} and {weights_path.name} do not fit together: {exc}") from exc
         model.eval()
         return Checkpoint(name, model, vocab, meta)
+
+    def remove_stale_temporaries(self, older_than: float = 3600.0) -> list[str]:
+        """Deletes temporary files a killed writer left behind (only old ones: another process
+        sharing the store may be writing right now)."""
+        import time
+
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        for p in self.root.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                if time.time() - p.stat().st_mtime > older_than:
+                    p.unlink()
+                    removed.append(p.name)
+        return removed
 
     def delete(self, name: str) -> None:
         weights_path, meta_path = self._paths(name)
