@@ -60,8 +60,20 @@ def envelope(status: int, type_: str, message: str, param: str | None = None, he
 
 
 def _loc_to_param(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # drop the location kind and pydantic's names for validator wrappers ("function-after[...]")
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header") and "[" not in str(p)]
     return ".".join(parts) or None
+
+
+def _describe(error: dict) -> dict:
+    if error.get("type") == "json_invalid":  # not JSON at all: the body is at fault, say where and why
+        reason = (error.get("ctx") or {}).get("error") or error.get("msg", "")
+        return {"param": "body", "message": f"invalid JSON: {reason}", "type": "json_invalid"}
+    return {
+        "param": _loc_to_param(tuple(error.get("loc", ()))),
+        "message": error.get("msg", "invalid"),
+        "type": error.get("type"),
+    }
 
 
 _STATUS_TYPES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict", 413: "too_large"}
@@ -75,10 +87,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        details = [
-            {"param": _loc_to_param(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid"), "type": e.get("type")}
-            for e in errors
-        ]
+        details = [_describe(e) for e in errors]
         first = details[0] if details else {"param": None, "message": "invalid request"}
         where = first["param"] or "request body"
         message = f"{where}: {first['message']}"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from app.lm.store import NAME_PATTERN
 
@@ -15,21 +15,34 @@ ModelName = Field(
 )
 
 
+def _valid_unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"contains a lone surrogate at position {exc.start}, which is not a character") from None
+    return value
+
+
+# Text from a request: any Unicode characters (control characters included), but no lone surrogates,
+# which JSON's \ud800 escapes can smuggle in and which no text encoding can store.
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+
+# Requests are strict: unknown fields are refused (a typo such as "temprature" is an error, not
+# silently ignored) and types are not coerced (true is not 1, "5" is not 5).
+STRICT = {"extra": "forbid", "strict": True}
+
+
 class StrictModel(BaseModel):
-    # unknown fields are refused, so a typo ("temprature") is an error rather than silently ignored
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(**STRICT)
 
 
 # ---- /complete ------------------------------------------------------------------------------
 
 
 class CompleteRequest(StrictModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"prefix": "good", "max_new_chars": 11}]},
-    )
+    model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [{"prefix": "good", "max_new_chars": 11}]})
 
-    prefix: str = Field(min_length=1, description="Text to complete. Unseen characters are read as UNK.")
+    prefix: Text = Field(min_length=1, description="Text to complete. Unseen characters are read as UNK.")
     max_new_chars: int = Field(100, ge=0, description="Characters to generate at most.")
     temperature: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False, description="0 = greedy.")
     top_k: int | None = Field(None, ge=0, description="Sample from the k likeliest characters; 0 or null = off.")
@@ -39,7 +52,7 @@ class CompleteRequest(StrictModel):
     seed: int | None = Field(
         None, ge=0, le=2**63 - 1, description="Fixes the output of sampling; null = random (reported back)."
     )
-    stop: list[str] = Field(
+    stop: list[Text] = Field(
         default_factory=list, max_length=4, description="Generation ends at the first of these (not included)."
     )
     n: int = Field(1, ge=1, description="Number of completions.")
@@ -94,7 +107,7 @@ class TrainRequest(StrictModel):
     corpus the recommended ones (a 2x256 LSTM, 5-minute budget, validation split)."""
 
     model_config = ConfigDict(
-        extra="forbid",
+        **STRICT,
         json_schema_extra={
             "examples": [
                 {
@@ -109,9 +122,9 @@ class TrainRequest(StrictModel):
     )
 
     name: str = ModelName
-    corpus: str | None = Field(None, min_length=2, description="One training text (or sentences, or corpus_id).")
+    corpus: Text | None = Field(None, min_length=2, description="One training text (or sentences, or corpus_id).")
     corpus_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="A text uploaded with POST /corpora.")
-    sentences: list[str] | None = Field(
+    sentences: list[Text] | None = Field(
         None, min_length=1, description="Separate sentences, padded with spaces to the longest, as in the tutorial."
     )
     resume_from: str | None = Field(
@@ -207,9 +220,9 @@ class CorporaResponse(BaseModel):
 
 
 class ScoreRequest(StrictModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "good i am fine "}]})
+    model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [{"text": "good i am fine "}]})
 
-    text: str = Field(min_length=2, description="Held-out text to score: each character given all before it.")
+    text: Text = Field(min_length=2, description="Held-out text to score: each character given all before it.")
     model: str | None = Field(None, pattern=f"^{NAME_PATTERN.pattern}$", description="Default: the active model.")
 
 
@@ -273,7 +286,7 @@ class OpenAICompletionRequest(BaseModel):
     )
 
     model: str | None = Field(None, description="The active model's name (see GET /v1/models).")
-    prompt: str | list[str] = Field(description="Text to complete (a list must hold exactly one string).")
+    prompt: Text | list[Text] = Field(description="Text to complete (a list must hold exactly one string).")
     max_tokens: int = Field(16, ge=0, description="Characters to generate at most (one token = one character).")
     temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)

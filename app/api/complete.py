@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
 from app.api.generation import GenerationError, text_deltas, wait_until_done
+from app.api.routing import StrictJSONRoute
 from app.deps import ServiceDep, SettingsDep
 from app.engine import GenerationRequest
 from app.errors import InvalidInput
@@ -15,7 +16,7 @@ from app.lm.generate import SamplingParams
 from app.schemas import CompleteRequest, CompleteResponse, ErrorResponse
 from app.service import ModelService
 
-router = APIRouter(tags=["completion"])
+router = APIRouter(tags=["completion"], route_class=StrictJSONRoute)
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from app.api.routing import StrictJSONRoute
 from app.deps import CorporaDep
 from app.schemas import CorporaResponse, CorpusInfo, ErrorResponse
 
-router = APIRouter(prefix="/corpora", tags=["training"])
+router = APIRouter(prefix="/corpora", tags=["training"], route_class=StrictJSONRoute)
 
 
 @router.post(

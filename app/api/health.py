@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.api.routing import StrictJSONRoute
 from app.deps import ServiceDep
 from app.schemas import HealthResponse
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=StrictJSONRoute)
 
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness and the active model")

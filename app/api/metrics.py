@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.routing import StrictJSONRoute
 from app.deps import ServiceDep
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=StrictJSONRoute)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
+from app.api.routing import StrictJSONRoute
 from app.deps import ServiceDep, require_admin
 from app.schemas import ErrorResponse, ModelsResponse
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], route_class=StrictJSONRoute)
 
 
 @router.get("", response_model=ModelsResponse, summary="Stored models")

@@ -14,13 +14,14 @@ from sse_starlette import EventSourceResponse
 
 from app.api.complete import STREAM_HEADERS
 from app.api.generation import text_deltas, wait_until_done
+from app.api.routing import StrictJSONRoute
 from app.deps import ServiceDep, SettingsDep
 from app.engine import GenerationRequest
 from app.errors import InvalidInput, NotFound
 from app.lm.generate import SamplingParams
 from app.schemas import ErrorResponse, OpenAICompletionRequest
 
-router = APIRouter(prefix="/v1", tags=["openai-compatible"])
+router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=StrictJSONRoute)
 
 
 def _check(req: OpenAICompletionRequest, service, settings) -> None:

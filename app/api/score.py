@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.api.routing import StrictJSONRoute
 from app.deps import ServiceDep, SettingsDep
 from app.errors import InvalidInput
 from app.schemas import ErrorResponse, ScoreRequest, ScoreResponse
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=StrictJSONRoute)
 
 
 @router.post(

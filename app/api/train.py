@@ -9,13 +9,14 @@ from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
 from app.api.complete import STREAM_HEADERS
+from app.api.routing import StrictJSONRoute
 from app.deps import CorporaDep, ServiceDep, SettingsDep
 from app.errors import InvalidInput
 from app.schemas import ErrorResponse, TrainAccepted, TrainJobStatus, TrainRequest
 from app.service import TrainingJob
 from app.training import MODEL_FIELDS, TRAIN_FIELDS, TrainSpec
 
-router = APIRouter(prefix="/train", tags=["training"])
+router = APIRouter(prefix="/train", tags=["training"], route_class=StrictJSONRoute)
 
 
 def check_limits(req: TrainRequest, settings) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.api.routing import StrictJSONRoute
 from app.deps import ServiceDep
 from app.schemas import VocabResponse
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=StrictJSONRoute)
 
 
 @router.get("/vocab", response_model=VocabResponse, summary="The active model's vocabulary")
