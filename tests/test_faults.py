@@ -15,7 +15,7 @@ from app.lm.store import ModelStore
 from app.lm.train import build_model
 from app.lm.vocab import Vocab
 from app.main import create_app
-from tests.conftest import make_settings, wait_for
+from tests.conftest import make_settings, wait_for, wait_for_job
 from tests.server import ROOT
 
 
@@ -115,3 +115,21 @@ def test_old_temporaries_of_killed_writers_are_cleaned_at_startup(tmp_path):
     with TestClient(create_app(make_settings(tmp_path))):
         pass
     assert not stale.exists() and fresh.exists()  # a fresh one may belong to a replica writing now
+
+
+def test_a_full_disk_while_saving_fails_the_job_and_keeps_serving(fresh_client, monkeypatch):
+    import errno
+
+    from app.lm import store as store_module
+
+    def no_space(path, payload):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(store_module, "_atomic_write", no_space)
+    r = fresh_client.post("/train", json={"name": "nospace", "sentences": ["good night moon"], "epochs": 5})
+    job = wait_for_job(fresh_client, r.json()["job_id"])
+    assert job["status"] == "failed" and "No space left on device" in job["error"]
+    assert fresh_client.get("/health").json()["model"] == "default"
+    r = fresh_client.post("/complete", json={"prefix": "good", "max_new_chars": 11})
+    assert r.json()["choices"][0]["text"] == "good i am fine "
+    assert "nospace" not in {m["name"] for m in fresh_client.get("/models").json()["models"]}
