@@ -1,0 +1,44 @@
+"""Property-based fuzzing of the live OpenAPI schema (schemathesis): no server error, no response that breaks it.
+
+Training and uploads are left out: a fuzzer starting real training jobs would spend minutes of
+CPU; their input validation is covered case by case in tests/api/test_hostile.py.
+"""
+
+import re
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
+
+from tests.server import Server
+
+pytestmark = pytest.mark.server
+EXAMPLES_PER_OPERATION = 50
+SKIP = re.compile(r"^(POST /train|POST /corpora|GET /train/\{job_id\}/events)$")
+
+
+def test_no_server_error_and_responses_match_the_schema(tmp_path):
+    with Server(tmp_path) as live:
+        schema = schemathesis.openapi.from_url(live.url + "/openapi.json")
+        operations = [r.ok() for r in schema.get_all_operations()]
+        fuzzed, examples = [], []
+        for op in operations:
+            label = f"{op.method.upper()} {op.path}"
+            if SKIP.match(label):
+                continue
+
+            @given(case=op.as_strategy())
+            @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck))
+            def run(case, label=label):
+                examples.append(label)
+                case.call_and_validate(
+                    base_url=live.url, checks=[not_a_server_error, response_schema_conformance], timeout=30
+                )
+
+            run()
+            fuzzed.append(label)
+    assert len(fuzzed) >= 12, fuzzed
+    assert len(examples) >= 10 * len(fuzzed)
+    print(f"fuzzed {len(fuzzed)} operations with {len(examples)} examples")
