@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     max_train_seconds: float = Field(86_400.0, gt=0, description="Largest max_seconds a training job may ask for.")
     max_hidden_size: int = Field(2048, ge=1, description="Largest hidden_size /train accepts.")
     max_num_layers: int = Field(8, ge=1, description="Most recurrent layers /train accepts.")
+    max_batch_chars: int = Field(
+        65_536, ge=1, description="Largest batch_size x seq_len a training step may use (memory bound)."
+    )
     max_epochs: int = Field(100_000, ge=1, description="Most epochs /train accepts.")
     max_jobs_kept: int = Field(100, ge=1, description="Finished training jobs remembered for GET /train/{id}.")
 

@@ -35,6 +35,13 @@ def check_limits(req: TrainRequest, settings) -> None:
         if value is not None and value > limit:
             raise InvalidInput(f"{name}: at most {limit}", name)
 
+    batch, seq = req.batch_size or 0, req.seq_len or 0
+    if batch * seq > settings.max_batch_chars:
+        raise InvalidInput(
+            f"batch_size x seq_len = {batch * seq} is more than the limit of {settings.max_batch_chars} per step",
+            "batch_size",
+        )
+
 
 def job_status(job: TrainingJob) -> TrainJobStatus:
     return TrainJobStatus(

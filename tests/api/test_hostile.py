@@ -39,6 +39,7 @@ CASES = [
     ("POST", "/train", b'{"name": "x", "sentences": ["ab"], "seq_len": 100000}', J, 422, "seq_len"),
     ("POST", "/train", b'{"name": "x", "sentences": ["ab"], "batch_size": 100000}', J, 422, "batch_size"),
     ("POST", "/train", b'{"name": "x", "sentences": ["ab"], "epochs": 10000000}', J, 422, "epochs"),
+    ("POST", "/train", b'{"name": "x", "sentences": ["ab"], "batch_size": 4096, "seq_len": 999}', J, 422, "batch_size"),
     ("POST", "/train", b'{"name": "x", "sentences": ["ab"], "max_seconds": 1e12}', J, 422, "max_seconds"),
     ("POST", "/train", b'{"name": "x", "sentences": ["ab"], "learning_rate": NaN}', J, 422, "learning_rate"),
     ("POST", "/train", b'{"name": "x", "corpus_id": "../../x"}', J, 422, "corpus_id"),
