@@ -4,9 +4,12 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS builder
 # CPU-only torch by default (the CUDA build is several GB). To install from local wheels instead:
 #   --build-arg WHEELS_DIR=/wheels -v "$PWD/wheels:/wheels:ro"   (podman) or a BuildKit mount
+# and, when that directory holds every wheel (scripts/verify-image.sh makes one), also
+#   --build-arg PIP_NO_INDEX=1   (an offline build: pip reads only WHEELS_DIR)
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG WHEELS_DIR=
+ARG PIP_NO_INDEX=0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
 WORKDIR /build
@@ -18,16 +21,20 @@ RUN if [ -n "$WHEELS_DIR" ]; then \
         pip install --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION"; \
     fi \
     && pip install ${WHEELS_DIR:+--find-links "$WHEELS_DIR"} . \
-    && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+    && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
+    && rm -rf /opt/venv/lib/python3*/site-packages/torch/test
+# (torch/test: ~80 MB of torch's own C++ test binaries, never loaded)
 
 FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     CHARRNN_MODEL_STORE=/data/model_store CHARRNN_DEVICE=cpu
-RUN useradd --create-home --uid 10001 charrnn \
+# a fixed numeric uid:gid, so USER is checkable as non-root (runAsNonRoot) and volume ownership is stable
+RUN groupadd --gid 10001 charrnn \
+    && useradd --no-log-init --create-home --uid 10001 --gid 10001 charrnn \
     && mkdir -p /data/model_store \
-    && chown charrnn /data/model_store
+    && chown 10001:10001 /data/model_store
 COPY --from=builder /opt/venv /opt/venv
-USER charrnn
+USER 10001:10001
 WORKDIR /home/charrnn
 VOLUME ["/data/model_store"]
 EXPOSE 8000

@@ -34,3 +34,9 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Build the Docker image with podman and smoke-test it in a chroot (root; minutes, a few GB).
+# Deliberately not part of `test` or .ci/run: see scripts/verify-image.sh.
+.PHONY: verify-image
+verify-image:
+	scripts/verify-image.sh
