@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -381,14 +382,8 @@ class ModelService:
 
     def activate(self, name: str) -> LoadedModel:
         """Loads a stored model and swaps it in atomically; requests in flight finish on the old one."""
-        try:
+        with _as_client_errors("name"):
             checkpoint = self.store.load(name, self.device)
-        except InvalidModelName as exc:
-            raise InvalidInput(str(exc), "name") from None
-        except ModelNotFound as exc:
-            raise NotFound(str(exc), "name") from None
-        except CorruptCheckpoint as exc:
-            raise Conflict(f"model {name!r} cannot be loaded: {exc}", "name") from None
         self.store.set_active(name)
         self._activate(checkpoint)
         log.info("activated model %r", name)
@@ -400,29 +395,30 @@ class ModelService:
         job = self._running
         if job is not None and not job.done and name in (job.spec.name, job.spec.resume_from):
             raise Conflict(f"training job {job.job_id} is using model {name!r}", "name")
-        try:
+        with _as_client_errors("name"):
             self.store.delete(name)
-        except InvalidModelName as exc:
-            raise InvalidInput(str(exc), "name") from None
-        except ModelNotFound as exc:
-            raise NotFound(str(exc), "name") from None
         log.info("deleted model %r", name)
 
     def score(self, text: str, name: str | None = None) -> tuple[str, Score]:
-        if name is None or name == self.active.name:
-            loaded = self.active
-            model, vocab, name = loaded.model, loaded.vocab, loaded.name
-        else:
-            try:
-                checkpoint = self.store.load(name, self.device)
-            except InvalidModelName as exc:
-                raise InvalidInput(str(exc), "model") from None
-            except ModelNotFound as exc:
-                raise NotFound(str(exc), "model") from None
-            except CorruptCheckpoint as exc:
-                raise Conflict(f"model {name!r} cannot be loaded: {exc}", "model") from None
-            model, vocab = checkpoint.model, checkpoint.vocab
-        return name, score_text(model, vocab, text)
+        loaded = self.active
+        if name is None or name == loaded.name:
+            return loaded.name, score_text(loaded.model, loaded.vocab, text)
+        with _as_client_errors("model"):
+            checkpoint = self.store.load(name, self.device)
+        return name, score_text(checkpoint.model, checkpoint.vocab, text)
+
+
+@contextmanager
+def _as_client_errors(param: str):
+    """The store's errors as the API's: a bad name 422, a missing model 404, a broken one 409."""
+    try:
+        yield
+    except InvalidModelName as exc:
+        raise InvalidInput(str(exc), param) from None
+    except ModelNotFound as exc:
+        raise NotFound(str(exc), param) from None
+    except CorruptCheckpoint as exc:
+        raise Conflict(f"the model cannot be loaded: {exc}", param) from None
 
 
 def decode_workers(setting: int, device: torch.device) -> int:
