@@ -175,12 +175,7 @@ class ModelStore:
         if not info:
             return None
         path = self._optim_path(name)
-        try:
-            payload = path.read_bytes()
-        except FileNotFoundError:
-            raise CorruptCheckpoint(f"{path}: optimizer state is missing") from None
-        if hashlib.sha256(payload).hexdigest() != info.get("sha256"):
-            raise CorruptCheckpoint(f"{path}: optimizer state does not match the hash in {name}.json")
+        _read_verified(path, info.get("sha256"), f"{name}.json", "optimizer state")
         tensors = load_file(path, device=str(device))
         return unflatten_optimizer_state(tensors, info["param_groups"])
 
@@ -228,12 +223,7 @@ class ModelStore:
         """Loads weights straight onto `device`, after checking they are the ones the metadata names."""
         weights_path, meta_path = self._paths(name)
         meta = self.read_meta(name)
-        try:
-            payload = weights_path.read_bytes()
-        except FileNotFoundError:
-            raise CorruptCheckpoint(f"{weights_path}: weights file is missing") from None
-        if hashlib.sha256(payload).hexdigest() != meta.get("weights_sha256"):
-            raise CorruptCheckpoint(f"{weights_path}: weights do not match the hash in {meta_path.name}")
+        _read_verified(weights_path, meta.get("weights_sha256"), meta_path.name, "weights")
         try:
             config = ModelConfig.from_json(meta["model_config"])
             vocab = Vocab.from_json(meta["vocab"])
@@ -287,6 +277,17 @@ class ModelStore:
         with self._lock:
             self.root.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.root / ACTIVE_FILE, name.encode())
+
+
+def _read_verified(path: Path, sha256: str | None, meta_name: str, what: str) -> bytes:
+    """The file's bytes, if they are the ones whose hash the metadata records."""
+    try:
+        payload = path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{path}: {what} file is missing") from None
+    if hashlib.sha256(payload).hexdigest() != sha256:
+        raise CorruptCheckpoint(f"{path}: {what} do not match the hash in {meta_name}")
+    return payload
 
 
 def flatten_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], list]:

@@ -10,7 +10,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -366,7 +366,7 @@ def train_on_text(
         result = train(
             model,
             batches,
-            replace(config),
+            config,
             val_ids=val_ids,
             on_progress=on_progress,
             should_stop=should_stop,
