@@ -194,7 +194,7 @@ class _Worker:
             loaded = req.loaded
             batch = self._batches.get(id(loaded.model))
             if batch is None:
-                batch = self._batches[id(loaded.model)] = DecodeBatch(loaded.model, loaded.vocab)
+                batch = self._batches[id(loaded.model)] = DecodeBatch(loaded.model, loaded.vocab, loaded.decode_dtype)
             batch.add(req.prefix, req.seqs)
             self._running.append(req)
 

@@ -262,6 +262,9 @@ class HealthResponse(BaseModel):
     status: Literal["ok"]
     model: str
     device: str
+    decode_dtype: Literal["float32", "bfloat16"] = Field(
+        description="What the active model's decoding matrix products run in (CHARRNN_DECODE_PRECISION)."
+    )
 
 
 class ErrorBody(BaseModel):

@@ -20,6 +20,7 @@ from app.engine import Engine, GenerationRequest
 from app.errors import Conflict, InvalidInput, NotFound
 from app.lm import default as default_model
 from app.lm.data import minimum_corpus_chars
+from app.lm.device import decode_dtype
 from app.lm.generate import SamplingParams, random_seed
 from app.lm.model import CharRNN
 from app.lm.score import Score, score_text
@@ -44,6 +45,7 @@ class LoadedModel:
     model: CharRNN
     vocab: Vocab
     meta: dict
+    decode_dtype: torch.dtype = torch.float32  # of decoding's matrix products (settings.decode_precision)
 
 
 @dataclass
@@ -206,7 +208,8 @@ class ModelService:
             self._thread.join(timeout=10)
 
     def _activate(self, checkpoint: Checkpoint) -> None:
-        self._active = LoadedModel(checkpoint.name, checkpoint.model, checkpoint.vocab, checkpoint.meta)
+        dtype = decode_dtype(self.settings.decode_precision, self.device, checkpoint.model.config.hidden_size)
+        self._active = LoadedModel(checkpoint.name, checkpoint.model, checkpoint.vocab, checkpoint.meta, dtype)
         self.metrics.active_model.info(
             {"name": checkpoint.name, "created_at": str(checkpoint.meta.get("created_at", ""))}
         )

@@ -101,3 +101,32 @@ def test_a_full_queue_answers_429_with_retry_after(tmp_path):
         if r.status_code == 429:
             assert r.headers["retry-after"] == "1"
             assert r.json()["error"]["type"] == "overloaded"
+
+
+def test_bfloat16_decoding_keeps_a_seed_independent_of_the_batch(tmp_path):
+    """CHARRNN_DECODE_PRECISION=bf16 on a 2x128 LSTM: a row's products never depend on its batch-mates."""
+    from app.lm.model import ModelConfig
+    from app.lm.store import ModelStore
+    from app.lm.train import build_model
+    from app.lm.vocab import Vocab
+
+    vocab = Vocab.from_text("abcdefghijklmnopqrstuvwxyz .,\n")
+    cfg = ModelConfig(vocab_size=vocab.size, cell="lstm", hidden_size=128, num_layers=2, encoding="embedding")
+    store = ModelStore(tmp_path)
+    store.save("lstm", build_model(cfg, seed=3).eval(), vocab)
+    store.set_active("lstm")
+    with Server(tmp_path, env={"CHARRNN_DECODE_PRECISION": "bf16"}) as s:
+        assert httpx.get(s.url + "/health").json()["decode_dtype"] == "bfloat16"
+        probe = {"prefix": "the ", "max_new_chars": 120, "temperature": 1.0, "seed": 77}
+        alone = httpx.post(s.url + "/complete", json=probe, timeout=60).json()
+        assert len(alone["choices"][0]["completion"]) == 120
+
+        async def crowd():
+            async with httpx.AsyncClient(base_url=s.url, timeout=120) as client:
+                bodies = [
+                    {"prefix": "ab"[k % 2], "max_new_chars": 40 + k, "temperature": 0.9, "seed": k} for k in range(40)
+                ]
+                bodies.insert(20, probe)
+                return [r.json() for r in await asyncio.gather(*(client.post("/complete", json=b) for b in bodies))]
+
+        assert asyncio.run(crowd())[20]["choices"] == alone["choices"]

@@ -13,4 +13,10 @@ router = APIRouter(tags=["health"], route_class=StrictJSONRoute)
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness and the active model")
 async def health(service: ServiceDep) -> HealthResponse:
-    return HealthResponse(status="ok", model=service.active.name, device=str(service.device))
+    active = service.active
+    return HealthResponse(
+        status="ok",
+        model=active.name,
+        device=str(service.device),
+        decode_dtype=str(active.decode_dtype).removeprefix("torch."),
+    )

@@ -20,6 +20,31 @@ def available_devices() -> list[str]:
     return found
 
 
+AUTO_BF16_MIN_HIDDEN = 128  # below this, call overhead (not multiply-adds) dominates a step: bf16 buys nothing
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products are native here (AVX512-BF16/AMX CPUs, Ampere+ GPUs)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def decode_dtype(precision: str, device: torch.device, hidden_size: int) -> torch.dtype:
+    """The dtype of decoding's matrix products: fp32 | bf16 | auto (bf16 where it is native and the
+    model is big enough for the products to matter, else fp32)."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and fast_bf16(device) and hidden_size >= AUTO_BF16_MIN_HIDDEN:
+        return torch.bfloat16
+    return torch.float32
+
+
 def resolve_device(spec: str) -> torch.device:
     """`auto` picks cuda, else mps, else cpu; anything named must exist or DeviceUnavailable says so."""
     spec = spec.strip().lower()

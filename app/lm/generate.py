@@ -105,26 +105,57 @@ class Sequence:
         return new
 
 
-def sample_next(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+@dataclass(frozen=True)
+class RowParams:
+    """The sampling parameters of a batch's rows as arrays, kept beside the rows so that a step
+    does not gather them from every sequence again."""
+
+    temperature: np.ndarray  # (B,) float64; 0 = greedy
+    top_k: np.ndarray  # (B,) int64; 0 = off
+    top_p: np.ndarray  # (B,) float64; 1 = off
+
+    @classmethod
+    def of(cls, seqs: list[Sequence]) -> RowParams:
+        n = len(seqs)
+        return cls(
+            np.fromiter((s.params.temperature for s in seqs), np.float64, n),
+            np.fromiter((s.params.top_k for s in seqs), np.int64, n),
+            np.fromiter((s.params.top_p for s in seqs), np.float64, n),
+        )
+
+    def take(self, rows) -> RowParams:
+        return RowParams(self.temperature[rows], self.top_k[rows], self.top_p[rows])
+
+    def __add__(self, other: RowParams) -> RowParams:
+        return RowParams(
+            np.concatenate((self.temperature, other.temperature)),
+            np.concatenate((self.top_k, other.top_k)),
+            np.concatenate((self.top_p, other.top_p)),
+        )
+
+
+def sample_next(logits: torch.Tensor, seqs: list[Sequence], params: RowParams | None = None) -> list[int]:
     """One id per row of logits (B, V), each row with its own parameters; never UNK.
 
     Works in NumPy on the host: for the small vocabularies of character models its per-call
     cost is a few microseconds where each torch op costs several. Each row is computed on its
     own and its cumulative distribution is always taken in vocabulary order, so a row's choice
-    does not depend on what else is in the batch.
+    does not depend on what else is in the batch. `params` are the rows' parameters as arrays
+    (RowParams.of(seqs) when not given).
     """
+    params = RowParams.of(seqs) if params is None else params
     x = logits.detach().float().cpu().numpy().astype(np.float64)  # (B, V)
     x[:, UNK_INDEX] = -np.inf
     greedy = x.argmax(axis=1)  # (B,)
-    temps = np.fromiter((s.params.temperature for s in seqs), np.float64, len(seqs))
-    rows = np.flatnonzero(temps > 0)
+    rows = np.flatnonzero(params.temperature > 0)
     if len(rows) == 0:
         return greedy.tolist()
-    z = x[rows] / temps[rows, None]
+    everyone = len(rows) == len(seqs)
+    z = (x if everyone else x[rows]) / params.temperature[rows, None]
     p = np.exp(z - z.max(axis=1, keepdims=True))  # (S, V) unnormalised; UNK is exp(-inf) = 0
     vocab_size = p.shape[1]
-    top_k = np.fromiter((seqs[r].params.top_k or vocab_size for r in rows), np.int64, len(rows))
-    top_p = np.fromiter((seqs[r].params.top_p for r in rows), np.float64, len(rows))
+    top_k = np.where(params.top_k[rows] > 0, params.top_k[rows], vocab_size)
+    top_p = params.top_p[rows]
     filtered = np.flatnonzero((top_k < vocab_size) | (top_p < 1.0))
     if len(filtered):  # top-k / top-p: zero what falls below each row's cut-off probability
         sub = p[filtered]
@@ -135,7 +166,7 @@ def sample_next(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         p[filtered] = np.where(sub >= cutoff[:, None], sub, 0.0)
     cdf = np.cumsum(p, axis=1)  # (S, V)
     # a sampled row draws exactly one number per step, a greedy row none
-    u = np.fromiter((seqs[r].uniform() for r in rows), np.float64, len(rows)) * cdf[:, -1]
+    u = np.array([seqs[r].uniform() for r in rows]) * cdf[:, -1]
     greedy[rows] = np.argmax(cdf > u[:, None], axis=1)  # first id whose cumulative mass passes u
     return greedy.tolist()
 
@@ -147,11 +178,13 @@ class DecodeBatch:
     nothing is sampled for it until they run out.
     """
 
-    def __init__(self, model: CharRNN, vocab: Vocab):
+    def __init__(self, model: CharRNN, vocab: Vocab, dtype: torch.dtype = torch.float32):
         self.model = model
         self.vocab = vocab
+        self.dtype = dtype  # of the steps' matrix products (see CharRNN.step)
         self.device = model.fc.weight.device
         self.seqs: list[Sequence] = []
+        self.params = RowParams.of([])  # the rows' sampling parameters, aligned with seqs
         self.forced: list[list[int]] = []  # per row: prefix ids still to feed
         self.state: torch.Tensor | None = None  # (R, B, H)
         self.logits: torch.Tensor | None = None  # (B, V)
@@ -187,6 +220,7 @@ class DecodeBatch:
         else:
             self.state, self.logits = state.contiguous(), logits
         self.seqs.extend(seqs)
+        self.params = self.params + RowParams.of(seqs)
         self.forced.extend(list(forced) for _ in range(n))
 
     def _prefill_chunk(self) -> None:
@@ -219,12 +253,12 @@ class DecodeBatch:
         self.sampled = len(sampling)
         if sampling:
             if len(sampling) == len(self.seqs):
-                logits, seqs = self.logits, self.seqs
+                logits, seqs, params = self.logits, self.seqs, self.params
             else:
                 logits = self.logits[torch.tensor(sampling, device=self.device)]
-                seqs = [self.seqs[r] for r in sampling]
+                seqs, params = [self.seqs[r] for r in sampling], self.params.take(sampling)
             id_to_char = self.vocab.id_to_char
-            for r, seq, i in zip(sampling, seqs, sample_next(logits, seqs), strict=True):
+            for r, seq, i in zip(sampling, seqs, sample_next(logits, seqs, params), strict=True):
                 seq.append(id_to_char(i))
                 inputs[r] = i
                 if seq.finished:
@@ -237,13 +271,14 @@ class DecodeBatch:
         if not self.seqs:
             return finished
         ids = torch.tensor(inputs, dtype=torch.long, device=self.device)  # (B,)
-        self.logits, self.state = self.model.step(ids, self.state)  # (B, V), (R, B, H)
+        self.logits, self.state = self.model.step(ids, self.state, self.dtype)  # (B, V), (R, B, H)
         return finished
 
     def _keep(self, rows: list[int], inputs: list[int] | None = None) -> None:
         if inputs is not None:
             inputs[:] = [inputs[r] for r in rows]
         self.seqs = [self.seqs[r] for r in rows]
+        self.params = self.params.take(rows)
         self.forced = [self.forced[r] for r in rows]
         if not rows:
             self.state = self.logits = None
@@ -262,12 +297,18 @@ class DecodeBatch:
 
 
 def generate(
-    model: CharRNN, vocab: Vocab, prefix: str, params: SamplingParams, n: int = 1, seed: int | None = None
+    model: CharRNN,
+    vocab: Vocab,
+    prefix: str,
+    params: SamplingParams,
+    n: int = 1,
+    seed: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> list[Sequence]:
     """Completes `prefix` n times, on its own batch. Returns the finished sequences in index order."""
     seed = random_seed() if seed is None else seed
     seqs = [Sequence(params, seed, i) for i in range(n)]
-    batch = DecodeBatch(model, vocab)
+    batch = DecodeBatch(model, vocab, dtype)
     batch.add(prefix, seqs)
     while batch.busy:
         batch.step()

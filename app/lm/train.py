@@ -6,6 +6,7 @@ rank reads its own streams of the corpus and only rank 0 reports.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -44,12 +45,15 @@ class TrainConfig:
     unk_dropout: float = 0.0  # share of input characters replaced by UNK, so the model copes with unseen ones
     min_char_count: int = 1  # characters seen fewer times map to UNK
     precision: str = "fp32"  # fp32 | bf16 (autocast: bfloat16 matrix products, float32 weights)
+    ema_decay: float = 0.0  # validate and keep an exponential moving average of the weights; 0 = off
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError("lr_schedule must be constant or cosine")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError("precision must be fp32 or bf16")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("ema_decay must be in [0, 1)")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -115,6 +119,40 @@ def _agree(flag: bool, world: int, device: torch.device) -> bool:
     return bool(t.item())
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights (Polyak averaging).
+
+    The averaged weights sit in a flatter part of the loss surface than the last step's: they
+    usually validate better and generalise better to text unlike the training corpus. Early
+    on the decay is lowered (as TensorFlow's ExponentialMovingAverage does with num_updates)
+    so the average is not dominated by the initial weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.params = [p for p in model.parameters()]
+        self.average = [p.detach().clone() for p in self.params]
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """The model holds the averaged weights inside the block, its own weights after it."""
+        with torch.no_grad():
+            own = [p.detach().clone() for p in self.params]
+            torch._foreach_copy_([p.data for p in self.params], self.average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in self.params], own)
+
+
 def lr_at(config: TrainConfig, progress: float, step: int) -> float:
     """Linear warm-up, then constant or cosine decay by the share of the budget used."""
     if config.warmup_steps and step < config.warmup_steps:
@@ -150,6 +188,7 @@ def train(
         total_steps = min(total_steps, config.max_steps)
     eval_interval = config.eval_interval or batches.steps_per_epoch
     dropout_gen = torch.Generator(device=device).manual_seed(config.seed + 7919 * rank)
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
     started = time.monotonic()
     step = 0
     epoch = 0
@@ -216,6 +255,8 @@ def train(
             if config.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            if average is not None:
+                average.update()
             step += 1
             running_loss += loss_value
             running_n += 1
@@ -225,17 +266,18 @@ def train(
             out_of_budget = _agree(bool(out_of_budget), world, device)
             evaluation = None
             if step % eval_interval == 0 or out_of_budget:
-                evaluation = evaluate()
-                history.append(evaluation)
-                score = evaluation.val_loss if evaluation.val_loss is not None else evaluation.train_loss
-                if score < best[0]:
-                    best = (score, start_step + step, copy.deepcopy(model.state_dict()), None)
-                    best = (*best[:3], copy.deepcopy(optimizer.state_dict()))
-                    bad_evals = 0
-                else:
-                    bad_evals += 1
-                    if config.patience and bad_evals >= config.patience:
-                        stopped, out_of_budget = "early_stopping", True
+                with average.swapped_in() if average is not None else contextlib.nullcontext():
+                    evaluation = evaluate()
+                    history.append(evaluation)
+                    score = evaluation.val_loss if evaluation.val_loss is not None else evaluation.train_loss
+                    if score < best[0]:
+                        best = (score, start_step + step, copy.deepcopy(model.state_dict()), None)
+                        best = (*best[:3], copy.deepcopy(optimizer.state_dict()))
+                        bad_evals = 0
+                    else:
+                        bad_evals += 1
+                        if config.patience and bad_evals >= config.patience:
+                            stopped, out_of_budget = "early_stopping", True
                 model.train()
             if (
                 rank == 0

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from app.lm.device import DeviceUnavailable, resolve_device
+from app.lm.device import AUTO_BF16_MIN_HIDDEN, DeviceUnavailable, decode_dtype, fast_bf16, resolve_device
 
 
 def test_cpu_and_auto():
@@ -26,3 +26,12 @@ def test_unknown_device_names_the_choices():
 def test_cuda_is_selected_when_present():
     assert resolve_device("cuda").type == "cuda"
     assert resolve_device("auto").type == "cuda"
+
+
+def test_decode_precision_choice():
+    cpu = torch.device("cpu")
+    assert decode_dtype("fp32", cpu, 4096) == torch.float32
+    assert decode_dtype("bf16", cpu, 8) == torch.bfloat16  # asked for: given, however small
+    assert decode_dtype("auto", cpu, AUTO_BF16_MIN_HIDDEN - 1) == torch.float32  # overhead-bound: no gain
+    big = torch.bfloat16 if fast_bf16(cpu) else torch.float32
+    assert decode_dtype("auto", cpu, AUTO_BF16_MIN_HIDDEN) == big
