@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.auth import check_admin, check_user
-from app.config import Settings, get_settings
+from app.config import Settings
 from app.corpora import CorpusStore
 from app.errors import NotReady
 from app.service import ModelService
@@ -25,14 +25,19 @@ async def get_corpora(request: Request) -> CorpusStore:
     return request.app.state.corpora
 
 
-async def require_user(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
-    check_user(request, settings)
+async def app_settings(request: Request) -> Settings:
+    """The settings this app was created with (create_app)."""
+    return request.app.state.settings
 
 
-async def require_admin(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
-    check_admin(request, settings)
+async def require_user(request: Request) -> None:
+    check_user(request, request.app.state.settings)
+
+
+async def require_admin(request: Request) -> None:
+    check_admin(request, request.app.state.settings)
 
 
 ServiceDep = Annotated[ModelService, Depends(get_service)]
 CorporaDep = Annotated[CorpusStore, Depends(get_corpora)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]

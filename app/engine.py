@@ -69,12 +69,15 @@ class Engine:
         batching: bool = True,
         metrics: Metrics | None = None,
         workers: int = 1,
+        one_thread: bool = False,
     ):
         workers = max(1, workers if batching else 1)  # batching off: one request at a time, in all
         self.max_queued = max_queued
         self.metrics = metrics
         per_worker = max(1, max_batch_size // workers)
-        self.workers = [_Worker(f"decode-{k}", per_worker, batching, metrics, workers > 1) for k in range(workers)]
+        # one torch thread per worker: OpenMP's spinning threads would fight the event loop for cores
+        one_thread = one_thread or workers > 1
+        self.workers = [_Worker(f"decode-{k}", per_worker, batching, metrics, one_thread) for k in range(workers)]
         self._lock = threading.Lock()
         self._stopping = False
 

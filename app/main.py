@@ -63,10 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
 
-    async def _settings() -> Settings:  # async: no thread-pool hop per request
-        return settings
-
-    app.dependency_overrides[get_settings] = _settings
+    # read by app.deps.app_settings; not dependency_overrides, with which FastAPI re-analyses
+    # every dependency's signature on every request
+    app.state.settings = settings
     app.add_middleware(
         BodyLimitMiddleware, default_limit=settings.max_body_bytes, large_limit=settings.max_train_body_bytes
     )

@@ -59,9 +59,9 @@ def build_store(store: Path, corpus: Path) -> ModelConfig:
     return cfg
 
 
-def matmul_flops_per_s(size: int = 1024, repeats: int = 10) -> float:
-    """Median float32 rate of size x size @ size x size, with torch's default threads."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_flops_per_s(size: int = 1024, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Median rate of size x size @ size x size in `dtype`, with torch's default threads."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(3):
         a @ b
     times = []
@@ -236,23 +236,33 @@ def warm_up(url: str) -> None:
 # ---- driver -------------------------------------------------------------------------------------
 
 
-def serve_mode(store: Path, batching: bool, args, roofline: float, seeds: itertools.count) -> tuple[list, dict]:
+def serve_mode(
+    store: Path,
+    batching: bool,
+    args,
+    roofline: float,
+    seeds: itertools.count,
+    precision: str = "auto",
+    clients: list[int] | None = None,
+    probes: bool = True,
+) -> tuple[list, dict]:
     """One server: probes (batching on only), then every client count. Returns load rows and probe results."""
-    env = {**SERVER_ENV, "CHARRNN_BATCHING": "true" if batching else "false"}
-    probes: dict = {}
+    env = {**SERVER_ENV, "CHARRNN_BATCHING": "true" if batching else "false", "CHARRNN_DECODE_PRECISION": precision}
+    found: dict = {}
     with Server(store, env=env) as server:
         warm_up(server.url)
-        if batching:
+        dtype = httpx.get(server.url + "/health").json()["decode_dtype"]
+        if batching and probes:
             log.info("batching on: single request and time to first event")
-            probes["single_request"] = single_request(server.url, args.single_repeats)
-            probes["time_to_first_event"] = ttfe(server.url, args.ttfe_requests, seeds)
+            found["single_request"] = single_request(server.url, args.single_repeats)
+            found["time_to_first_event"] = ttfe(server.url, args.ttfe_requests, seeds)
         rows = []
-        for clients in args.clients:
-            log.info("batching %s, %d clients", "on" if batching else "off", clients)
-            load = run_load(server.url, clients, args.seconds, args.warmup, args.client_procs)
-            rows.append(load_row(batching, clients, load, args.seconds, roofline))
+        for n in clients or args.clients:
+            log.info("batching %s, %s, %d clients", "on" if batching else "off", dtype, n)
+            load = run_load(server.url, n, args.seconds, args.warmup, args.client_procs)
+            rows.append({"decode_dtype": dtype, **load_row(batching, n, load, args.seconds, roofline)})
             log.info("  %s", rows[-1])
-    return rows, probes
+    return rows, found
 
 
 def summary(rows: list[dict], clients: int, roofline: float, matmul: float, flops_per_char: int) -> dict:
@@ -268,6 +278,9 @@ def summary(rows: list[dict], clients: int, roofline: float, matmul: float, flop
         "roofline_fraction_batching_off": at[False]["roofline_fraction"],
         "matmul_gflop_per_s": round(matmul / 1e9, 2),
         "flops_per_char": flops_per_char,
+        "p99_latency_ms_batching_on": at[True]["latency_p99_ms"],
+        "errors_batching_on": at[True]["errors"],
+        "decode_dtype": at[True]["decode_dtype"],
     }
 
 
@@ -278,6 +291,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clients", default="1,8,32,64", help="comma-separated concurrency levels")
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpora" / "shakespeare_train.txt")
     parser.add_argument("--client-procs", type=int, default=4, help="processes the clients are spread over")
+    parser.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16"], help="CHARRNN_DECODE_PRECISION"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run of about 20 s")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
@@ -294,14 +310,20 @@ def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     matmul = matmul_flops_per_s(repeats=args.matmul_repeats)
+    matmul_bf16 = matmul_flops_per_s(repeats=args.matmul_repeats, dtype=torch.bfloat16)
     seeds = itertools.count(1000)
+    top = [max(args.clients)]
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp)
         cfg = build_store(store, args.corpus)
         roofline = matmul / cfg.flops_per_char()
-        rows_on, probes = serve_mode(store, True, args, roofline, seeds)
-        rows_off, _ = serve_mode(store, False, args, roofline, seeds)
+        rows_on, probes = serve_mode(store, True, args, roofline, seeds, args.precision)
+        rows_off, _ = serve_mode(store, False, args, roofline, seeds, args.precision)
+        # the same at float32 throughout: what bf16 adds, and batching's gain over the fastest batching-off
+        ref_on, _ = serve_mode(store, True, args, roofline, seeds, "fp32", top, probes=False)
+        ref_off, _ = serve_mode(store, False, args, roofline, seeds, "fp32", top)
     rows = rows_on + rows_off
+    best_off = max(rows_off[-1]["aggregate_chars_per_s"], ref_off[0]["aggregate_chars_per_s"])
     result = {
         "bench": "serve",
         "settings": {
@@ -319,13 +341,24 @@ def main() -> None:
             "max_new_chars": MAX_NEW_CHARS,
             "temperature": TEMPERATURE,
             "server_env": SERVER_ENV,
+            "decode_precision": args.precision,
             "counting": "requests ending inside the window; errors over the whole run incl. warm-up and drain; "
             "client starts staggered over the first half of the warm-up",
             "quick": args.quick,
         },
         "results": rows,
+        "float32_reference": ref_on + ref_off,
         **probes,
-        "summary": summary(rows, max(args.clients), roofline, matmul, cfg.flops_per_char()),
+        "summary": {
+            **summary(rows, max(args.clients), roofline, matmul, cfg.flops_per_char()),
+            "batching_speedup_vs_fastest_off": round(rows_on[-1]["aggregate_chars_per_s"] / best_off, 2),
+            "float32_batching_speedup": round(
+                ref_on[0]["aggregate_chars_per_s"] / max(ref_off[0]["aggregate_chars_per_s"], 1e-9), 2
+            ),
+            "float32_roofline_fraction_batching_on": ref_on[0]["roofline_fraction"],
+            "bf16_matmul_gflop_per_s": round(matmul_bf16 / 1e9, 2),
+            "bf16_roofline_chars_per_s": round(matmul_bf16 / cfg.flops_per_char(), 1),
+        },
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(result, indent=2))

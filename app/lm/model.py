@@ -122,20 +122,22 @@ class CharRNN(nn.Module):
         per layer, and nn.RNN's sequence machinery (and oneDNN's slow small-batch path) is skipped.
 
         `dtype` is what the recurrent matrix products run in. bfloat16 is several times faster
-        on CPUs with AVX512-BF16 or AMX (and on GPUs); each product is summed in float32 and
-        everything else (gates, the state, the logits) stays float32, so only the weights and
-        the products' inputs are rounded. Each row's result depends only on that row, batched or not.
+        on CPUs with AVX512-BF16 or AMX (and on GPUs): weights, the products' inputs and their
+        results are rounded to bfloat16 (sums are accumulated in float32); biases, gates, the
+        state and the logits stay float32. Each row's result depends only on that row, batched or not.
         """
         cfg = self.config
         w = self._decode_weights(dtype)
         low = dtype != torch.float32
 
-        def product(bias: torch.Tensor | None, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        def product(bias: torch.Tensor, x: torch.Tensor, name: str, layer: int) -> torch.Tensor:
             """bias + x @ weight in float32, the product computed in `dtype`."""
             if not low:
-                return torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
-            out = torch.mm(x.to(dtype), weight)
-            return out.float() if bias is None else bias.add(out)  # promotes to float32
+                return torch.addmm(bias, x, w[name][layer])
+            if x.shape[0] == 1:  # one row: the same bf16 values multiplied in float32 are faster, then
+                # rounded to bf16 as the bf16 product is, so that a row's result does not depend on its batch
+                return bias.add(torch.mm(x.to(dtype).float(), w[name + "_rounded"][layer]).to(dtype))
+            return bias.add(torch.mm(x.to(dtype), w[name][layer]))  # a bf16 result; the add promotes to float32
 
         hidden = cfg.hidden_size
         layers = cfg.num_layers
@@ -145,11 +147,11 @@ class CharRNN(nn.Module):
         for layer in range(layers):
             h = state[layer]  # (B, H)
             if layer > 0:  # input and recurrent products in one matrix multiply
-                gates = product(w["bias"][layer], torch.cat((x, h), dim=1), w["w_cat"][layer])
+                gates = product(w["bias"][layer], torch.cat((x, h), dim=1), "w_cat", layer)
             elif cfg.cell == "gru":
                 gates = x_proj
             else:
-                gates = product(x_proj, h, w["w_hh"][0])  # (B, G*H)
+                gates = product(x_proj, h, "w_hh", 0)  # (B, G*H)
             if cfg.cell == "lstm":
                 # tanh(x) = 2 sigmoid(2x) - 1: torch's CPU tanh costs several times its sigmoid, and
                 # the cell-input columns come pre-doubled (_decode_weights), so one sigmoid covers all
@@ -164,8 +166,8 @@ class CharRNN(nn.Module):
                 new_c.append(c)
             elif cfg.cell == "gru":
                 # the reset gate scales only the recurrent part of the candidate: keep them apart
-                x_part = gates if layer == 0 else product(w["b_ih"][layer], x, w["w_ih"][layer])
-                h_part = product(w["b_hh"][layer], h, w["w_hh"][layer])
+                x_part = gates if layer == 0 else product(w["b_ih"][layer], x, "w_ih", layer)
+                h_part = product(w["b_hh"][layer], h, "w_hh", layer)
                 rz = (x_part[:, : 2 * hidden] + h_part[:, : 2 * hidden]).sigmoid()
                 r, z = rz[:, :hidden], rz[:, hidden:]
                 n = torch.addcmul(x_part[:, 2 * hidden :], r, h_part[:, 2 * hidden :]).tanh()
@@ -222,6 +224,9 @@ class CharRNN(nn.Module):
             "bias": [None] + [get("bias_ih", k) + get("bias_hh", k) for k in range(1, cfg.num_layers)],
             "fc": self.fc.weight.detach().t(),
         }
+        if dtype != torch.float32:  # the rounded values again in float32, for one-row steps
+            for name in ("w_hh", "w_ih", "w_cat"):
+                w[name + "_rounded"] = [m.float() if m is not None else None for m in w[name]]
         cache[1][dtype] = w
         return w
 
