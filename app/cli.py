@@ -145,6 +145,7 @@ def _load(args: argparse.Namespace):
 
 
 def complete(args: argparse.Namespace) -> int:
+    from app.lm.device import decode_dtype
     from app.lm.generate import SamplingParams, generate
 
     checkpoint = _load(args)
@@ -155,7 +156,12 @@ def complete(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         stop=tuple(args.stop),
     )
-    for seq in generate(checkpoint.model, checkpoint.vocab, args.prefix, params, n=args.n, seed=args.seed):
+    # the same decoding precision as the service (CHARRNN_DECODE_PRECISION), so both give the same text
+    dtype = decode_dtype(
+        get_settings().decode_precision, checkpoint.model.fc.weight.device, checkpoint.model.config.hidden_size
+    )
+    seqs = generate(checkpoint.model, checkpoint.vocab, args.prefix, params, n=args.n, seed=args.seed, dtype=dtype)
+    for seq in seqs:
         print(args.prefix + seq.text)
     return 0
 

@@ -48,8 +48,11 @@ class Settings(BaseSettings):
     )
     batching: bool = Field(True, description="Continuous batching; false decodes one request per forward.")
     decode_workers: int = Field(
-        0, ge=0, le=64, description="Decoding threads, each with its own batch (one torch thread each on CPU); "
-        "0 = one per two CPU cores (at most 4), one on GPU."
+        0,
+        ge=0,
+        le=64,
+        description="Decoding threads, each with its own batch (one torch thread each on CPU); "
+        "0 = one per two CPU cores (at most 4), one on GPU.",
     )
     decode_precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",

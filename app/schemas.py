@@ -155,6 +155,13 @@ class TrainRequest(StrictModel):
     unk_dropout: float | None = Field(None, ge=0.0, lt=1.0, allow_inf_nan=False)
     min_char_count: int | None = Field(None, ge=1, description="Rarer characters map to UNK.")
     precision: Literal["fp32", "bf16"] | None = None
+    ema_decay: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        allow_inf_nan=False,
+        description="Validate and keep an exponential moving average of the weights (e.g. 0.998); 0 = off.",
+    )
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     activate: bool = Field(True, description="Serve the model as soon as it is trained.")
     overwrite: bool = Field(False, description="Replace a stored model of the same name.")

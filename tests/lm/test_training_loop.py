@@ -142,3 +142,36 @@ def test_bf16_precision_trains():
     cfg = TrainConfig(epochs=3, batch_size=4, seq_len=32, learning_rate=0.01, precision="bf16")
     r = train_on_text(corpus=TEXT, cell="lstm", hidden_size=32, encoding="embedding", config=cfg).result
     assert r.history[-1].train_loss < r.history[0].train_loss
+
+
+def test_weight_average_follows_the_weights_and_swaps_in_only_inside_its_block():
+    from app.lm.train import WeightAverage
+
+    layer = torch.nn.Linear(3, 2)
+    average = WeightAverage(layer, decay=0.5)
+    start = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    for _ in range(50):  # the early-update ramp keeps the decay low, then 0.5 pulls the average along
+        average.update()
+    moved = layer.weight.detach().clone()
+    torch.testing.assert_close(average.average[0], moved, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        layer.weight.add_(4.0)
+    average.update()  # halfway to the new weights
+    with average.swapped_in():
+        torch.testing.assert_close(layer.weight, moved + 2.0)
+    torch.testing.assert_close(layer.weight, start + 5.0)  # its own weights back
+
+
+def test_training_with_a_weight_average_validates_and_keeps_the_averaged_weights():
+    cfg = TrainConfig(epochs=4, batch_size=4, seq_len=32, learning_rate=0.01, val_fraction=0.1, ema_decay=0.9)
+    trained = train_on_text(corpus=TEXT, cell="lstm", hidden_size=32, encoding="embedding", config=cfg)
+    r = trained.result
+    assert r.best_val_loss is not None and r.best_val_loss < r.history[0].val_loss
+    # the kept weights are the ones that validated best: scoring them again gives that loss
+    val_ids = torch.tensor(trained.vocab.encode(TEXT))[-trained.val_chars :]
+    total, count = mean_loss(trained.model, val_ids, streams=cfg.eval_streams)
+    assert total / count == pytest.approx(r.best_val_loss, rel=1e-5)
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
