@@ -154,7 +154,9 @@ class TrainRequest(StrictModel):
     grad_clip: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     unk_dropout: float | None = Field(None, ge=0.0, lt=1.0, allow_inf_nan=False)
     min_char_count: int | None = Field(None, ge=1, description="Rarer characters map to UNK.")
-    precision: Literal["fp32", "bf16"] | None = None
+    precision: Literal["fp32", "bf16", "auto"] | None = Field(
+        None, description="Matrix products in training: bf16 (autocast), fp32, or auto = bf16 where native."
+    )
     ema_decay: float | None = Field(
         None,
         ge=0.0,

@@ -16,16 +16,21 @@ SENTENCE_MODEL = dict(MODEL_KWARGS)
 SENTENCE_TRAIN = TrainConfig(epochs=100, learning_rate=0.01, batch_size=64, grad_clip=5.0)
 
 # A corpus sent without settings: chosen with bench/quality.py (Shakespeare, 1.16 MB, 2-core CPU;
-# see the README). Two LSTM layers of 320 on a 64-wide embedding, light dropout; 32 parallel
+# see the README). Two LSTM layers of 320 on a 64-wide embedding, no dropout; 32 parallel
 # streams of 128 characters with the state carried across windows; AdamW at a high peak rate
-# with warm-up and cosine decay over a 5-minute budget; bfloat16 matrix products.
+# with warm-up and cosine decay over a 5-minute budget, decoupled weight decay 0.3 and a moving
+# average of the weights (decay 0.998) as the model that is validated and kept. On a play the
+# model never saw, 180-second runs over seeds 0-2 went from 1.650-1.699 nats/char (dropout 0.05,
+# neither) to 1.614-1.642 (both) and 1.602-1.629 with dropout off as well, which also makes steps
+# ~20% faster; weight decay 0.1 gave 1.615-1.658, 0.5 1.628-1.643, 1.0 1.676 (too strong).
+# bfloat16 matrix products where native.
 CORPUS_MODEL = {
     "cell": "lstm",
     "hidden_size": 320,
     "num_layers": 2,
     "encoding": "embedding",
     "embedding_dim": 64,
-    "dropout": 0.05,
+    "dropout": 0.0,
 }
 CORPUS_TRAIN = TrainConfig(
     epochs=50,
@@ -39,6 +44,8 @@ CORPUS_TRAIN = TrainConfig(
     val_fraction=0.05,
     eval_interval=200,
     grad_clip=5.0,
+    weight_decay=0.3,
+    ema_decay=0.998,
     unk_dropout=0.001,
-    precision="bf16",
+    precision="auto",  # bfloat16 where the CPU (AVX512-BF16/AMX) or GPU does it natively
 )

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from app.lm import data
+from app.lm.device import fast_bf16
 from app.lm.model import CharRNN, ModelConfig
 from app.lm.score import ScoringCancelled, mean_loss
 from app.lm.vocab import UNK_INDEX, Vocab
@@ -44,14 +45,16 @@ class TrainConfig:
     patience: int = 0  # stop after this many validations without improvement; 0 = never
     unk_dropout: float = 0.0  # share of input characters replaced by UNK, so the model copes with unseen ones
     min_char_count: int = 1  # characters seen fewer times map to UNK
-    precision: str = "fp32"  # fp32 | bf16 (autocast: bfloat16 matrix products, float32 weights)
+    precision: str = (
+        "fp32"  # fp32 | bf16 (autocast: bfloat16 matrix products, float32 weights) | auto (bf16 where native)
+    )
     ema_decay: float = 0.0  # validate and keep an exponential moving average of the weights; 0 = off
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError("lr_schedule must be constant or cosine")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError("precision must be fp32 or bf16")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError("precision must be fp32, bf16 or auto")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("ema_decay must be in [0, 1)")
 
@@ -189,6 +192,8 @@ def train(
     eval_interval = config.eval_interval or batches.steps_per_epoch
     dropout_gen = torch.Generator(device=device).manual_seed(config.seed + 7919 * rank)
     average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
+    # emulated bfloat16 (no AVX512-BF16/AMX) is slower than float32: auto uses it only where native
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and fast_bf16(device))
     started = time.monotonic()
     step = 0
     epoch = 0
@@ -244,7 +249,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             if state is not None and (not batches.stateful or state.shape[1] != x.shape[0]):
                 state = None
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits, state = net(x, state)  # (B, T, V)
             state = state.detach().float() if batches.stateful else None
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))

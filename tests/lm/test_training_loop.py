@@ -138,8 +138,9 @@ def test_cancel_during_corpus_training():
         )
 
 
-def test_bf16_precision_trains():
-    cfg = TrainConfig(epochs=3, batch_size=4, seq_len=32, learning_rate=0.01, precision="bf16")
+@pytest.mark.parametrize("precision", ["bf16", "auto"])
+def test_bf16_precision_trains(precision):
+    cfg = TrainConfig(epochs=3, batch_size=4, seq_len=32, learning_rate=0.01, precision=precision)
     r = train_on_text(corpus=TEXT, cell="lstm", hidden_size=32, encoding="embedding", config=cfg).result
     assert r.history[-1].train_loss < r.history[0].train_loss
 
@@ -175,3 +176,5 @@ def test_training_with_a_weight_average_validates_and_keeps_the_averaged_weights
     assert total / count == pytest.approx(r.best_val_loss, rel=1e-5)
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
+    with pytest.raises(ValueError, match="precision must be fp32, bf16 or auto"):
+        TrainConfig(precision="fp16")
