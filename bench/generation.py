@@ -106,9 +106,8 @@ def main() -> None:
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
 
-    tiny, tiny_vocab, _, _ = train_on_text(
-        sentences=default.SENTENCES, config=default.TRAIN_CONFIG, **default.MODEL_KWARGS
-    )
+    trained = train_on_text(sentences=default.SENTENCES, config=default.TRAIN_CONFIG, **default.MODEL_KWARGS)
+    tiny, tiny_vocab = trained.model, trained.vocab
     corpus = (ROOT.parent / "shared" / "corpora" / "shakespeare_train.txt").read_text()
     vocab = Vocab.from_text(corpus)
     lstm_cfg = ModelConfig(vocab_size=vocab.size, cell="lstm", hidden_size=256, num_layers=2, encoding="embedding")
