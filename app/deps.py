@@ -17,8 +17,24 @@ async def get_service(request: Request) -> ModelService:
     # async: a plain def would cost every request a hop through the thread pool
     service = getattr(request.app.state, "service", None)
     if service is None:
-        raise NotReady("the service is starting; try again shortly")
+        raise NotReady("the service is starting; try again shortly", headers={"Retry-After": "1"})
     return service
+
+
+async def get_ready_service(request: Request) -> ModelService:
+    """The service, once it can serve completions; 503 with Retry-After until then (see /ready)."""
+    service = await get_service(request)
+    if not service.ready:
+        raise not_ready(service)
+    return service
+
+
+def not_ready(service: ModelService) -> NotReady:
+    if service.startup_error is not None:
+        return NotReady(f"the service cannot serve: {service.startup_error}", headers={"Retry-After": "30"})
+    if service.stopping:
+        return NotReady("the service is shutting down", headers={"Retry-After": "5"})
+    return NotReady("the model is still loading; try again shortly", headers={"Retry-After": "1"})
 
 
 async def get_corpora(request: Request) -> CorpusStore:
@@ -39,5 +55,6 @@ async def require_admin(request: Request) -> None:
 
 
 ServiceDep = Annotated[ModelService, Depends(get_service)]
+ReadyServiceDep = Annotated[ModelService, Depends(get_ready_service)]
 CorporaDep = Annotated[CorpusStore, Depends(get_corpora)]
 SettingsDep = Annotated[Settings, Depends(app_settings)]

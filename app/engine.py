@@ -79,7 +79,13 @@ class Engine:
         one_thread = one_thread or workers > 1
         self.workers = [_Worker(f"decode-{k}", per_worker, batching, metrics, one_thread) for k in range(workers)]
         self._lock = threading.Lock()
+        self._started = False
         self._stopping = False
+
+    @property
+    def running(self) -> bool:
+        """The decode workers run and take requests."""
+        return self._started and not self._stopping
 
     def submit(self, req: GenerationRequest) -> None:
         """Queues a request, or refuses it with 429 when the queue is full."""
@@ -104,6 +110,7 @@ class Engine:
     def start(self) -> None:
         for w in self.workers:
             w.start()
+        self._started = True
 
     def stop(self, timeout: float = 30.0) -> None:
         """Lets the requests in flight finish (up to `timeout`), then stops the threads."""

@@ -44,6 +44,11 @@ class TooLarge(ServiceError):
     type = "too_large"
 
 
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    type = "unsupported_media_type"
+
+
 class Overloaded(ServiceError):
     status = 429
     type = "overloaded"
@@ -76,7 +81,14 @@ def _describe(error: dict) -> dict:
     }
 
 
-_STATUS_TYPES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict", 413: "too_large"}
+_STATUS_TYPES = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from app.api import complete, corpora, health, metrics, models, openai, score, train, vocab
+from app.api import complete, corpora, docs, health, metrics, models, openai, score, train, vocab
 from app.config import Settings, get_settings
 from app.corpora import CorpusStore
 from app.deps import require_admin, require_user
@@ -48,8 +49,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise StartupError(f"CHARRNN_DEVICE={settings.device}: {exc}") from None
         configure_torch_threads(settings.torch_threads)
         service = ModelService(settings, device)
-        await run_in_threadpool(service.start)
         app.state.service = service
+        app.state.startup_error = None
+
+        def failed(reason: str) -> None:  # on the startup thread: no model, so the process cannot serve
+            log.error("cannot start: %s", reason)
+            app.state.startup_error = reason
+            app.state.shutdown()
+
+        # the port opens now; the model loads (or the default model trains) in the background
+        service.start_in_background(on_failure=failed)
+        url = app.state.public_url
+        if url:
+            log.info(
+                "API docs at %s/docs, the service at %s/ (ready at %s/ready once the model is loaded)", url, url, url
+            )
         try:
             yield
         finally:
@@ -61,7 +75,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by app.api.docs, from local files rather than a CDN
+        redoc_url=None,
     )
+    app.state.public_url = None  # set by `charrnn serve` (http://host:port), for the startup log
+    app.state.shutdown = lambda: None  # set by `charrnn serve`: asks the server to exit
 
     # read by app.deps.app_settings; not dependency_overrides, with which FastAPI re-analyses
     # every dependency's signature on every request
@@ -86,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, dependencies=user)
     for module in (train, corpora):  # training: the admin key where one is set
         app.include_router(module.router, dependencies=admin)
-    for module in (health, metrics):  # public
+    for module in (health, metrics, docs):  # public
         app.include_router(module.router)
+    docs.install_openapi(app)
+    app.mount(docs.ASSETS_URL, StaticFiles(directory=docs.ASSETS_DIR), name="docs-assets")
     return app

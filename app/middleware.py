@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import re
 import time
@@ -10,6 +10,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import TooLarge, envelope
 from app.metrics import Metrics
 
 log = logging.getLogger("app.access")
@@ -70,7 +71,9 @@ class BodyLimitMiddleware:
     """Refuses request bodies over a size limit with 413, before the endpoint reads them whole.
 
     Training requests may carry a corpus and get a larger limit; /corpora uploads stream to disk
-    and are bounded there.
+    and are bounded there. The rest of a refused body is read and dropped (within a bound) before
+    the 413 goes out: a server that closes while the client is still sending makes the client's
+    kernel see a reset instead of the answer.
     """
 
     def __init__(self, app: ASGIApp, default_limit: int, large_limit: int, large_prefixes=("/train",)) -> None:
@@ -84,9 +87,14 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.large_limit if scope["path"].startswith(self.large_prefixes) else self.default_limit
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(send, limit)
+            # a client waiting on 100-continue has sent nothing; one that sends more than the
+            # bound would be cut off mid-body whatever we read first
+            if headers.get(b"expect", b"").lower() != b"100-continue" and int(declared) <= drain_bound(limit):
+                await drain_body(receive, drain_bound(limit))
+            await _too_large(scope, receive, send, limit)
             return
         seen = 0
         started = refused = False
@@ -101,7 +109,9 @@ class BodyLimitMiddleware:
                 if seen > limit and not started:
                     # answer now; the endpoint then sees a client that went away
                     refused = True
-                    await _too_large(send, limit)
+                    if message.get("more_body", False):
+                        await drain_body(receive, drain_bound(limit) - seen)
+                    await _too_large(scope, receive, send, limit)
                     return {"type": "http.disconnect"}
             return message
 
@@ -119,15 +129,43 @@ class BodyLimitMiddleware:
                 raise
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps(
-        {"error": {"type": "too_large", "message": f"request body over the limit of {limit} bytes", "param": "body"}}
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
+DRAIN_MAX_BYTES = 64 * 2**20
+DRAIN_SECONDS = 3.0
+
+
+def drain_bound(limit: int) -> int:
+    """How much of a refused body is read and dropped: 4 times its limit, at most 64 MiB."""
+    return min(4 * limit, DRAIN_MAX_BYTES)
+
+
+async def drain_body(receive: Receive, max_bytes: int, seconds: float = DRAIN_SECONDS) -> bool:
+    """Reads and drops the rest of a request body; False if it went past max_bytes or seconds.
+
+    Call it before sending the response: once a response is complete, the server's receive()
+    answers http.disconnect and the unread rest stays in the socket.
+    """
+    read = 0
+    try:
+        async with asyncio.timeout(seconds):
+            while read <= max_bytes:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return False  # the client has gone
+                read += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return True
+    except TimeoutError:
+        pass
+    return False
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    # Connection: close, as the body may not have been read to its end
+    response = envelope(
+        TooLarge.status,
+        TooLarge.type,
+        f"request body over the limit of {limit} bytes",
+        "body",
+        headers={"Connection": "close"},
     )
-    await send({"type": "http.response.body", "body": body})
+    await response(scope, receive, send)

@@ -36,6 +36,12 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(**STRICT)
 
 
+def example(value: dict, **config) -> ConfigDict:
+    """A response model's config with one real example, shown on the docs page instead of the
+    "string" and 0 that would be generated from the types."""
+    return ConfigDict(**config, json_schema_extra={"examples": [value]})
+
+
 # ---- /complete ------------------------------------------------------------------------------
 
 
@@ -82,6 +88,18 @@ class Usage(BaseModel):
 
 
 class CompleteResponse(BaseModel):
+    model_config = example(
+        {
+            "model": "default",
+            "seed": 1234,
+            "choices": [
+                {"index": 0, "text": "good i am fine ", "completion": " i am fine ", "finish_reason": "length"}
+            ],
+            "unknown_chars": [],
+            "usage": {"prefix_chars": 4, "completion_chars": 11},
+        }
+    )
+
     model: str
     seed: int = Field(description="The seed used: the request's, or the one drawn for it.")
     choices: list[Choice]
@@ -93,6 +111,8 @@ class CompleteResponse(BaseModel):
 
 
 class VocabResponse(BaseModel):
+    model_config = example({"model": "default", "size": 5, "unk_index": 0, "chars": [None, " ", "a", "d", "e"]})
+
     model: str
     size: int
     unk_index: int
@@ -180,6 +200,8 @@ class TrainRequest(StrictModel):
 
 
 class TrainAccepted(BaseModel):
+    model_config = example({"job_id": "6f1c0e8e2b9f4a51b3d0c2a7e5f41d90"})
+
     job_id: str
 
 
@@ -193,6 +215,33 @@ class Evaluation(BaseModel):
 
 
 class TrainJobStatus(BaseModel):
+    model_config = example(
+        {
+            "job_id": "6f1c0e8e2b9f4a51b3d0c2a7e5f41d90",
+            "name": "poem",
+            "status": "running",
+            "epoch": 3,
+            "epochs": 50,
+            "step": 400,
+            "total_steps": 1650,
+            "loss": 1.62,
+            "val_loss": 1.71,
+            "val_bpc": 2.467,
+            "best_val_loss": 1.71,
+            "lr": 0.0055,
+            "chars_per_s": 98000.0,
+            "elapsed": 52.4,
+            "eta": 67.6,
+            "history": [
+                {"step": 200, "epoch": 2, "train_loss": 2.1, "val_loss": 1.98, "val_bpc": 2.857, "elapsed": 26.1},
+                {"step": 400, "epoch": 3, "train_loss": 1.62, "val_loss": 1.71, "val_bpc": 2.467, "elapsed": 52.4},
+            ],
+            "error": None,
+            "created_at": "2026-11-29T15:00:00+00:00",
+            "finished_at": None,
+        }
+    )
+
     job_id: str
     name: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -218,6 +267,15 @@ class TrainJobStatus(BaseModel):
 
 
 class CorpusInfo(BaseModel):
+    model_config = example(
+        {
+            "corpus_id": "3f2a9c0d1e4b4f6a8c7d9e0f1a2b3c4d",
+            "bytes": 1160000,
+            "chars": 1160000,
+            "created_at": "2026-11-29T15:00:00+00:00",
+        }
+    )
+
     corpus_id: str
     bytes: int
     chars: int
@@ -225,6 +283,19 @@ class CorpusInfo(BaseModel):
 
 
 class CorporaResponse(BaseModel):
+    model_config = example(
+        {
+            "corpora": [
+                {
+                    "corpus_id": "3f2a9c0d1e4b4f6a8c7d9e0f1a2b3c4d",
+                    "bytes": 1160000,
+                    "chars": 1160000,
+                    "created_at": "2026-11-29T15:00:00+00:00",
+                }
+            ]
+        }
+    )
+
     corpora: list[CorpusInfo]
 
 
@@ -236,6 +307,17 @@ class ScoreRequest(StrictModel):
 
 
 class ScoreResponse(BaseModel):
+    model_config = example(
+        {
+            "model": "default",
+            "nats_per_char": 0.052,
+            "bits_per_char": 0.075,
+            "perplexity": 1.053,
+            "chars_scored": 14,
+            "unknown_chars": 0,
+        }
+    )
+
     model: str
     nats_per_char: float = Field(description="Mean loss per character, natural log.")
     bits_per_char: float
@@ -247,11 +329,73 @@ class ScoreResponse(BaseModel):
 # ---- /models, /health -----------------------------------------------------------------------
 
 
-class ModelInfo(BaseModel):
+class ModelSummary(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "default",
+                    "active": True,
+                    "ok": True,
+                    "cell": "rnn",
+                    "hidden_size": 12,
+                    "num_layers": 1,
+                    "num_parameters": 340,
+                    "val_bpc": None,
+                    "created_at": "2026-11-29T15:00:00+00:00",
+                }
+            ]
+        },
+    )
+
     name: str
     active: bool
     ok: bool = Field(description="False when the checkpoint cannot be read; error says why.")
     error: str | None = None
+    cell: str | None = None
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    num_parameters: int | None = None
+    val_bpc: float | None = Field(None, description="Best validation bits per character, where it was measured.")
+    created_at: str | None = None
+
+
+class ModelInfo(BaseModel):
+    """A stored model in full: architecture, training settings (never the training text: its
+    SHA-256 and counts) and metrics."""
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "default",
+                    "active": True,
+                    "ok": True,
+                    "created_at": "2026-11-29T15:00:00+00:00",
+                    "model_config": {
+                        "vocab_size": 16,
+                        "cell": "rnn",
+                        "hidden_size": 12,
+                        "num_layers": 1,
+                        "dropout": 0.0,
+                        "encoding": "one_hot",
+                        "embedding_dim": 0,
+                    },
+                    "training": {"source": "sentences", "sentences_count": 3, "epochs": 100, "learning_rate": 0.01},
+                    "metrics": {"final_loss": 0.02, "steps": 100, "seconds": 0.4},
+                    "num_parameters": 340,
+                    "vocab_size": 16,
+                }
+            ]
+        },
+    )
+
+    name: str
+    active: bool
+    ok: bool
     created_at: str | None = None
     model_config_: dict | None = Field(None, alias="model_config", serialization_alias="model_config")
     training: dict | None = None
@@ -259,21 +403,63 @@ class ModelInfo(BaseModel):
     num_parameters: int | None = None
     vocab_size: int | None = None
 
-    model_config = ConfigDict(populate_by_name=True, protected_namespaces=())
-
 
 class ModelsResponse(BaseModel):
-    active: str
-    models: list[ModelInfo]
+    model_config = example(
+        {
+            "active": "default",
+            "models": [
+                {
+                    "name": "default",
+                    "active": True,
+                    "ok": True,
+                    "cell": "rnn",
+                    "hidden_size": 12,
+                    "num_layers": 1,
+                    "num_parameters": 430,
+                    "val_bpc": None,
+                    "created_at": "2026-11-29T15:00:00+00:00",
+                }
+            ],
+        }
+    )
+
+    active: str | None = Field(description="The model requests get when they name none; null while it loads.")
+    models: list[ModelSummary]
+
+
+DecodeDtype = Literal["float32", "bfloat16"]
 
 
 class HealthResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "ok", "ready": True, "model": "default", "device": "cpu", "decode_dtype": "float32"}
+            ]
+        }
+    )
+
     status: Literal["ok"]
-    model: str
+    ready: bool = Field(description="Whether completions can be served now (GET /ready).")
+    model: str | None = Field(description="The active model; null while the first one loads.")
     device: str
-    decode_dtype: Literal["float32", "bfloat16"] = Field(
+    decode_dtype: DecodeDtype | None = Field(
         description="What the active model's decoding matrix products run in (CHARRNN_DECODE_PRECISION)."
     )
+
+
+class ReadyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "ready", "model": "default", "device": "cpu", "decode_dtype": "float32"}]
+        }
+    )
+
+    status: Literal["ready"]
+    model: str
+    device: str
+    decode_dtype: DecodeDtype
 
 
 class ErrorBody(BaseModel):
@@ -283,6 +469,16 @@ class ErrorBody(BaseModel):
 
 
 class ErrorResponse(BaseModel):
+    model_config = example(
+        {
+            "error": {
+                "type": "invalid_request",
+                "message": "temperature: Input should be greater than or equal to 0",
+                "param": "temperature",
+            }
+        }
+    )
+
     error: ErrorBody
 
 
@@ -329,3 +525,55 @@ class OpenAICompletionRequest(BaseModel):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="When the model was saved (Unix time).")
+    owned_by: str = "charrnn"
+
+
+class OpenAIModelList(BaseModel):
+    model_config = example(
+        {"object": "list", "data": [{"id": "default", "object": "model", "created": 1796050800, "owned_by": "charrnn"}]}
+    )
+
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
+
+
+class OpenAIChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["length", "stop"] | None
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class OpenAICompletion(BaseModel):
+    """OpenAI's completion object; with `stream`, each event is one of these with the new text
+    (`finish_reason` null until the last, which also carries `usage`)."""
+
+    model_config = example(
+        {
+            "id": "cmpl-6f1c0e8e2b9f4a51b3d0c2a7e5f41d90",
+            "object": "text_completion",
+            "created": 1796050800,
+            "model": "default",
+            "choices": [{"index": 0, "text": " i am fine ", "logprobs": None, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 4, "completion_tokens": 11, "total_tokens": 15},
+        }
+    )
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[OpenAIChoice]
+    usage: OpenAIUsage | None = None

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from app.lm.store import Checkpoint, CorruptCheckpoint, InvalidModelName, ModelN
 from app.lm.train import Progress, TrainingCancelled, TrainingDiverged, train_on_text
 from app.lm.vocab import Vocab
 from app.metrics import Metrics
-from app.training import TrainSpec, run_training
+from app.training import TrainSpec, describe_training, run_training, text_description
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,10 @@ class TrainingJob:
         return self.status in ("succeeded", "failed", "cancelled")
 
 
+class StartupCancelled(Exception):
+    """The service was stopped while it was still loading or training its first model."""
+
+
 class ModelService:
     def __init__(self, settings: Settings, device: torch.device, metrics: Metrics | None = None):
         self.settings = settings
@@ -111,6 +116,10 @@ class ModelService:
         self._running: TrainingJob | None = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
+        self._startup: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        self.startup_error: str | None = None  # why no model could be loaded or trained
+        self.how_loaded: str | None = None  # "loaded" | "trained": how the first model got here
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -118,9 +127,40 @@ class ModelService:
         """Loads the active checkpoint, or trains and saves the default model when there is none."""
         self._load_startup_model()
         self.engine.start()
-        if self.settings.active_poll_seconds > 0:
+        if self.settings.active_poll_seconds > 0 and not self._stopped.is_set():
             self._watcher = threading.Thread(target=self._follow_active, name="active-model-watch", daemon=True)
             self._watcher.start()
+
+    def start_in_background(self, on_failure: Callable[[str], None] | None = None) -> None:
+        """start() on a thread, so the port opens at once: /health answers meanwhile and /ready
+        says when completions can be served. A start that cannot produce a model records why
+        (startup_error) and calls on_failure with that one line."""
+
+        def run() -> None:
+            try:
+                self.start()
+            except StartupCancelled:
+                return
+            except Exception as exc:  # one clear line: the process cannot serve without a model
+                why = "no model could be loaded or trained"
+                # the API's message names no path; the log line may
+                public = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                self.startup_error = f"{why}: {type(exc).__name__}: {public}"
+                log.debug("startup failed", exc_info=True)
+                if on_failure is not None:
+                    on_failure(f"{why}: {type(exc).__name__}: {exc}")
+
+        self._startup = threading.Thread(target=run, name="model-startup", daemon=True)
+        self._startup.start()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopped.is_set()
+
+    @property
+    def ready(self) -> bool:
+        """A model is loaded and the decode workers run (readiness, not liveness)."""
+        return self._active is not None and self.engine.running and not self._stopped.is_set()
 
     def _follow_active(self) -> None:
         """Replicas share model_store: when another process activates a model, switch to it too."""
@@ -157,6 +197,7 @@ class ModelService:
             self._activate(checkpoint)
             if name != active:
                 self.store.set_active(name)
+            self.how_loaded = "loaded"
             log.info(
                 "loaded %s model %r from %s onto %s in %.2fs",
                 "active" if name == active else "last good",
@@ -167,6 +208,7 @@ class ModelService:
             )
             return
         self._train_default()
+        self.how_loaded = "trained"
         log.info(
             "no usable checkpoint in %s: trained the default model %r and saved it in %.2fs (device %s)",
             self.store.root,
@@ -183,20 +225,31 @@ class ModelService:
 
     def _train_default(self) -> None:
         # trained on the CPU whatever the serving device, so every install gets the same weights
-        trained = train_on_text(
-            sentences=default_model.SENTENCES, config=default_model.TRAIN_CONFIG, **default_model.MODEL_KWARGS
-        )
+        try:
+            trained = train_on_text(
+                sentences=default_model.SENTENCES,
+                config=default_model.TRAIN_CONFIG,
+                should_stop=self._stopped.is_set,
+                **default_model.MODEL_KWARGS,
+            )
+        except TrainingCancelled:
+            raise StartupCancelled() from None
         model, vocab, result = trained.model, trained.vocab, trained.result
         name = self.settings.default_model_name
         meta = self.store.save(
             name,
             model,
             vocab,
-            training={"sentences": default_model.SENTENCES, **default_model.TRAIN_CONFIG.to_json()},
+            training={
+                "source": "sentences",
+                **text_description(sentences=default_model.SENTENCES),
+                **default_model.TRAIN_CONFIG.to_json(),
+            },
             metrics={"final_loss": result.final_loss, "steps": result.steps, "seconds": round(result.seconds, 3)},
         )
-        self.store.set_active(name)
-        self._activate(Checkpoint(name, model.to(self.device), vocab, meta))
+        if self._active is None:  # a user's job may have activated its model meanwhile
+            self.store.set_active(name)
+            self._activate(Checkpoint(name, model.to(self.device), vocab, meta))
 
     def stop(self) -> None:
         """Stops a running training job, and lets completions in flight finish."""
@@ -204,6 +257,9 @@ class ModelService:
         job = self._running
         if job is not None:
             job.cancel.set()
+        for thread in (self._startup, self._watcher):
+            if thread is not None:
+                thread.join(timeout=10)
         self.engine.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -214,6 +270,10 @@ class ModelService:
         self.metrics.active_model.info(
             {"name": checkpoint.name, "created_at": str(checkpoint.meta.get("created_at", ""))}
         )
+
+    @property
+    def active_or_none(self) -> LoadedModel | None:
+        return self._active
 
     @property
     def active(self) -> LoadedModel:
@@ -255,28 +315,49 @@ class ModelService:
     # ---- models ------------------------------------------------------------------------------
 
     def list_models(self) -> list[dict]:
-        active = self.active.name
+        """A short summary per stored model (GET /models); model_detail has the rest."""
+        active = self._active.name if self._active is not None else None
         out = []
         for name in self.store.names():
             try:
                 meta = self.store.read_meta(name)
                 self.store.verify(name)
-                out.append(
-                    {
-                        "name": name,
-                        "active": name == active,
-                        "ok": True,
-                        "created_at": meta.get("created_at"),
-                        "model_config": meta.get("model_config"),
-                        "training": _without_text(meta.get("training", {})),
-                        "metrics": meta.get("metrics"),
-                        "num_parameters": meta.get("num_parameters"),
-                        "vocab_size": meta.get("model_config", {}).get("vocab_size"),
-                    }
-                )
             except CorruptCheckpoint as exc:
                 out.append({"name": name, "active": name == active, "ok": False, "error": str(exc)})
+                continue
+            config = meta.get("model_config") or {}
+            out.append(
+                {
+                    "name": name,
+                    "active": name == active,
+                    "ok": True,
+                    "cell": config.get("cell"),
+                    "hidden_size": config.get("hidden_size"),
+                    "num_layers": config.get("num_layers"),
+                    "num_parameters": meta.get("num_parameters"),
+                    "val_bpc": (meta.get("metrics") or {}).get("best_val_bpc"),
+                    "created_at": meta.get("created_at"),
+                }
+            )
         return out
+
+    def model_detail(self, name: str) -> dict:
+        """Everything a stored model's metadata says about it, but the text it was trained on."""
+        with _as_client_errors("name"):
+            meta = self.store.read_meta(name)
+            self.store.verify(name)
+        config = meta.get("model_config") or {}
+        return {
+            "name": name,
+            "active": self._active is not None and name == self._active.name,
+            "ok": True,
+            "created_at": meta.get("created_at"),
+            "model_config": config,
+            "training": describe_training(meta.get("training") or {}),
+            "metrics": meta.get("metrics"),
+            "num_parameters": meta.get("num_parameters"),
+            "vocab_size": config.get("vocab_size"),
+        }
 
     # ---- training ----------------------------------------------------------------------------
 
@@ -373,6 +454,9 @@ class ModelService:
         except (ValueError, UnicodeDecodeError) as exc:  # the text or settings cannot be trained on
             job.status, job.error = "failed", str(exc)
             log.warning("training job %s failed: %s", job.job_id, exc)
+        except OSError as exc:  # the message names no path (the log does)
+            job.status, job.error = "failed", f"{type(exc).__name__}: {exc.strerror or 'I/O error'}"
+            log.warning("training job %s failed: %s", job.job_id, exc)
         except Exception as exc:  # a failed job must never take the service down
             job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("training job %s failed", job.job_id)
@@ -394,7 +478,7 @@ class ModelService:
         return self.active
 
     def delete(self, name: str) -> None:
-        if name == self.active.name:
+        if self._active is not None and name == self._active.name:
             raise Conflict(f"model {name!r} is active; activate another before deleting it", "name")
         job = self._running
         if job is not None and not job.done and name in (job.spec.name, job.spec.resume_from):
@@ -432,7 +516,3 @@ def decode_workers(setting: int, device: torch.device) -> int:
     if setting > 0:
         return setting
     return max(1, min((os.cpu_count() or 1) // 2, 4)) if device.type == "cpu" else 1
-
-
-def _without_text(training: dict) -> dict:
-    return {k: v for k, v in training.items() if k not in ("corpus",)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable
@@ -104,8 +105,7 @@ def run_training(
         "train_chars": trained.train_chars,
         "val_chars": trained.val_chars,
     }
-    if spec.sentences is not None:
-        training["sentences"] = spec.sentences
+    training.update(text_description(sentences=spec.sentences, corpus=corpus))
     metrics = {
         "final_loss": result.final_loss,
         "best_val_loss": result.best_val_loss,
@@ -126,3 +126,28 @@ def run_training(
         step=result.steps,
     )
     return trained, meta
+
+
+TEXT_KEYS = ("sentences", "corpus")  # training text: never published, only described
+
+
+def describe_training(training: dict) -> dict:
+    """A checkpoint's training record without its training text: the settings, the counts and a
+    SHA-256 of the text. Applied on read, so checkpoints written before it (which kept the
+    sentences) are covered too, without rewriting files that replicas share."""
+    out = {k: v for k, v in training.items() if k not in TEXT_KEYS}
+    sentences = training.get("sentences")
+    if isinstance(sentences, list) and "text_sha256" not in out:
+        out.update(text_description(sentences=[str(s) for s in sentences]))
+    return out
+
+
+def text_description(*, sentences: list[str] | None = None, corpus: str | None = None) -> dict:
+    """What a checkpoint keeps of its training text: how many sentences, and the text's SHA-256
+    (enough to tell which text a model was trained on, without publishing it)."""
+    if sentences is not None:
+        digest = hashlib.sha256("\n".join(sentences).encode("utf-8")).hexdigest()
+        return {"sentences_count": len(sentences), "text_sha256": digest}
+    if corpus is not None:
+        return {"text_sha256": hashlib.sha256(corpus.encode("utf-8")).hexdigest()}
+    return {}

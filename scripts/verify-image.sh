@@ -347,16 +347,17 @@ start_server() {
     for _ in $(seq 240); do
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then
             sed 's/^/    | /' "$LOG" >&2
-            die "the server exited before it became healthy (log above)"
+            die "the server exited before it became ready (log above)"
         fi
-        if curl -fsS -o /dev/null "http://127.0.0.1:$PORT/health" 2>/dev/null; then
-            ok "healthy after $((SECONDS - started)) s (pid $SERVER_PID)"
+        # the port opens at once (/health); /ready answers 200 once the model is loaded or trained
+        if curl -fsS -o /dev/null "http://127.0.0.1:$PORT/ready" 2>/dev/null; then
+            ok "ready after $((SECONDS - started)) s (pid $SERVER_PID)"
             return 0
         fi
         sleep 0.5
     done
     sed 's/^/    | /' "$LOG" >&2
-    die "no healthy answer within 120 s"
+    die "not ready within 120 s"
 }
 stop_server() {
     kill -TERM "$SERVER_PID"

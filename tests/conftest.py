@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
@@ -21,17 +22,26 @@ def module_store(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("model_store"))
 
 
+@contextmanager
+def serving(app, timeout: float = 60.0, **client_kwargs) -> Iterator[TestClient]:
+    """A TestClient running the app's lifespan, once the app is ready (GET /ready): the port of a
+    real server opens before its model is loaded."""
+    with TestClient(app, **client_kwargs) as c:
+        wait_for(lambda: c.get("/ready").status_code == 200, timeout, interval=0.05)
+        yield c
+
+
 @pytest.fixture(scope="module")
 def client(module_store) -> Iterator[TestClient]:
     """A service on the default model, shared by a module's read-only tests."""
-    with TestClient(create_app(make_settings(module_store))) as c:
+    with serving(create_app(make_settings(module_store))) as c:
         yield c
 
 
 @pytest.fixture
 def fresh_client(tmp_path) -> Iterator[TestClient]:
     """A service of its own, for tests that train or change the active model."""
-    with TestClient(create_app(make_settings(tmp_path))) as c:
+    with serving(create_app(make_settings(tmp_path))) as c:
         yield c
 
 

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.conftest import make_settings, serving
 
 pytestmark = [
     pytest.mark.cuda,
@@ -16,7 +15,7 @@ pytestmark = [
 def test_service_on_cuda_loads_checkpoint_onto_the_gpu_and_completes(tmp_path):
     settings = make_settings(tmp_path).model_copy(update={"device": "cuda"})
     for _ in range(2):  # first start trains, second loads the checkpoint straight onto the GPU
-        with TestClient(create_app(settings)) as c:
+        with serving(create_app(settings)) as c:
             assert c.get("/health").json()["device"].startswith("cuda")
             service = c.app.state.service
             assert service.active.model.fc.weight.device.type == "cuda"

@@ -8,14 +8,13 @@ import sys
 import textwrap
 
 import pytest
-from fastapi.testclient import TestClient
 
 from app.lm.model import ModelConfig
 from app.lm.store import ModelStore
 from app.lm.train import build_model
 from app.lm.vocab import Vocab
 from app.main import create_app
-from tests.conftest import make_settings, wait_for, wait_for_job
+from tests.conftest import make_settings, serving, wait_for, wait_for_job
 from tests.server import ROOT
 
 
@@ -54,7 +53,7 @@ def test_a_broken_active_model_falls_back_to_the_last_good_one(tmp_path, caplog,
     store.set_active("broken")
     breaker(store, "broken")
     caplog.set_level(logging.INFO, logger="app")
-    with TestClient(create_app(make_settings(tmp_path))) as c:
+    with serving(create_app(make_settings(tmp_path))) as c:
         assert c.get("/health").json()["model"] == "older"
         models = {m["name"]: m for m in c.get("/models").json()["models"]}
         assert c.post("/complete", json={"prefix": "he", "max_new_chars": 3}).status_code == 200
@@ -69,7 +68,7 @@ def test_with_nothing_good_the_default_is_trained_again(tmp_path):
     saved(store, "default")
     store.set_active("default")
     break_truncate(store, "default")
-    with TestClient(create_app(make_settings(tmp_path))) as c:
+    with serving(create_app(make_settings(tmp_path))) as c:
         r = c.post("/complete", json={"prefix": "good", "max_new_chars": 11})
         assert r.json()["choices"][0]["text"] == "good i am fine "
 
@@ -112,7 +111,7 @@ def test_old_temporaries_of_killed_writers_are_cleaned_at_startup(tmp_path):
     stale.write_bytes(b"partial")
     fresh.write_bytes(b"partial")
     os.utime(stale, (1, 1))
-    with TestClient(create_app(make_settings(tmp_path))):
+    with serving(create_app(make_settings(tmp_path))):
         pass
     assert not stale.exists() and fresh.exists()  # a fresh one may belong to a replica writing now
 

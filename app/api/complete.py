@@ -9,7 +9,7 @@ from sse_starlette import EventSourceResponse
 
 from app.api.generation import GenerationError, text_deltas, wait_until_done
 from app.api.routing import StrictJSONRoute
-from app.deps import ServiceDep, SettingsDep
+from app.deps import ReadyServiceDep, SettingsDep
 from app.engine import GenerationRequest
 from app.errors import InvalidInput
 from app.lm.generate import SamplingParams
@@ -85,7 +85,7 @@ async def sse_events(service: ModelService, gen: GenerationRequest):
     },
     summary="Complete a prefix",
 )
-async def complete(req: CompleteRequest, request: Request, service: ServiceDep, settings: SettingsDep):
+async def complete(req: CompleteRequest, request: Request, service: ReadyServiceDep, settings: SettingsDep):
     """Generates up to `max_new_chars` characters after `prefix`, `n` times. Characters the model
     has never seen are read as UNK and listed in `unknown_chars`; UNK is never generated.
     Concurrent requests are decoded together (continuous batching)."""

@@ -1,31 +1,88 @@
-"""POST /corpora, GET /corpora: training texts uploaded as a request body, streamed to disk."""
+"""POST /corpora, GET /corpora, DELETE /corpora/{id}: training texts uploaded and streamed to disk."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request, Response
+from starlette.requests import ClientDisconnect
 
 from app.api.routing import StrictJSONRoute
 from app.deps import CorporaDep
+from app.errors import ServiceError
+from app.middleware import drain_body, drain_bound
 from app.schemas import CorporaResponse, CorpusInfo, ErrorResponse
 
 router = APIRouter(prefix="/corpora", tags=["training"], route_class=StrictJSONRoute)
+
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "text/plain": {"schema": {"type": "string"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary", "description": "The UTF-8 text."}},
+                "required": ["file"],
+            }
+        },
+    },
+}
 
 
 @router.post(
     "",
     status_code=201,
     response_model=CorpusInfo,
-    responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={code: {"model": ErrorResponse} for code in (413, 415, 422)},
     summary="Upload a training text",
-    openapi_extra={"requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    openapi_extra={"requestBody": UPLOAD_BODY},
 )
 async def upload_corpus(request: Request, corpora: CorporaDep) -> CorpusInfo:
-    """Send the text as the raw body (`curl --data-binary @file.txt`, any content type). It is
-    written to disk as it arrives, never held in memory whole; it must be UTF-8, not empty, and
-    within the size limit (413 beyond). Train on it with `POST /train {"corpus_id": ...}`."""
-    return CorpusInfo(**await corpora.receive(request.stream()))
+    """Send the text as a file part (`curl -F file=@text.txt`) or as the raw body
+    (`curl --data-binary @text.txt`; text/plain, application/octet-stream, the form type curl sends
+    by default, or none; other types are 415). It is written to disk as it arrives, never held in
+    memory whole; it must be UTF-8, not empty, and within the size limit (413 beyond). Train on it
+    with `POST /train {"corpus_id": ...}`."""
+    started = done = False
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal started, done
+        started = True
+        while not done:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            done = not message.get("more_body", False)
+            if message.get("body"):
+                yield message["body"]
+
+    try:
+        info = await corpora.upload(request.headers.get("content-type"), body())
+    except ServiceError as exc:
+        if not done:
+            # read the rest of a refused body first: closing on a client still sending resets it
+            # (a client waiting on 100-continue has sent nothing yet)
+            if started or request.headers.get("expect", "").lower() != "100-continue":
+                await drain_body(request.receive, drain_bound(corpora.max_bytes))
+            exc.headers = {**(exc.headers or {}), "Connection": "close"}
+        raise
+    return CorpusInfo(**info)
 
 
 @router.get("", response_model=CorporaResponse, summary="Uploaded training texts")
 def list_corpora(corpora: CorporaDep) -> CorporaResponse:
     return CorporaResponse(corpora=corpora.list())
+
+
+@router.delete(
+    "/{corpus_id}",
+    status_code=204,
+    responses={404: {"model": ErrorResponse}},
+    summary="Delete an uploaded training text",
+)
+def delete_corpus(corpus_id: str, corpora: CorporaDep) -> Response:
+    """Removes the text and its record; models trained on it stay."""
+    corpora.delete(corpus_id)
+    return Response(status_code=204)

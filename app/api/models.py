@@ -1,4 +1,4 @@
-"""GET /models, POST /models/{name}/activate, DELETE /models/{name}: the stored models."""
+"""GET /models, GET /models/{name}, POST /models/{name}/activate, DELETE /models/{name}: the stored models."""
 
 from __future__ import annotations
 
@@ -6,15 +6,33 @@ from fastapi import APIRouter, Depends, Response
 
 from app.api.routing import StrictJSONRoute
 from app.deps import ServiceDep, require_admin
-from app.schemas import ErrorResponse, ModelsResponse
+from app.schemas import ErrorResponse, ModelInfo, ModelsResponse
 
 router = APIRouter(prefix="/models", tags=["models"], route_class=StrictJSONRoute)
 
 
+def _models(service) -> ModelsResponse:
+    active = service.active_or_none
+    return ModelsResponse(active=active.name if active else None, models=service.list_models())
+
+
 @router.get("", response_model=ModelsResponse, summary="Stored models")
 def list_models(service: ServiceDep) -> ModelsResponse:
-    """Every stored model with its architecture, training settings and metrics; which is active."""
-    return ModelsResponse(active=service.active.name, models=service.list_models())
+    """A short summary of every stored model (architecture, size, validation bits/char) and which
+    is active; `GET /models/{name}` has one model's settings and metrics in full."""
+    return _models(service)
+
+
+@router.get(
+    "/{name}",
+    response_model=ModelInfo,
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    summary="One stored model in full",
+)
+def model_detail(name: str, service: ServiceDep) -> ModelInfo:
+    """Architecture, training settings, metrics. The training text itself is never returned: its
+    SHA-256 and counts describe it."""
+    return ModelInfo(**service.model_detail(name))
 
 
 @router.post(
@@ -27,7 +45,7 @@ def list_models(service: ServiceDep) -> ModelsResponse:
 def activate_model(name: str, service: ServiceDep) -> ModelsResponse:
     """Loads the model and swaps it in atomically: requests in flight finish on the previous one."""
     service.activate(name)
-    return ModelsResponse(active=service.active.name, models=service.list_models())
+    return _models(service)
 
 
 @router.delete(

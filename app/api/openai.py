@@ -15,11 +15,11 @@ from sse_starlette import EventSourceResponse
 from app.api.complete import STREAM_HEADERS
 from app.api.generation import text_deltas, wait_until_done
 from app.api.routing import StrictJSONRoute
-from app.deps import ServiceDep, SettingsDep
+from app.deps import ReadyServiceDep, SettingsDep
 from app.engine import GenerationRequest
 from app.errors import InvalidInput, NotFound
 from app.lm.generate import SamplingParams
-from app.schemas import ErrorResponse, OpenAICompletionRequest
+from app.schemas import ErrorResponse, OpenAICompletion, OpenAICompletionRequest, OpenAIModel, OpenAIModelList
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=StrictJSONRoute)
 
@@ -50,10 +50,16 @@ def _usage(gen: GenerationRequest) -> dict:
 
 @router.post(
     "/completions",
-    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+    response_model=OpenAICompletion,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "The completion, or with `stream` its events."},
+        404: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        429: {"model": ErrorResponse},
+    },
     summary="OpenAI-compatible completions (one token = one character)",
 )
-async def completions(req: OpenAICompletionRequest, request: Request, service: ServiceDep, settings: SettingsDep):
+async def completions(req: OpenAICompletionRequest, request: Request, service: ReadyServiceDep, settings: SettingsDep):
     _check(req, service, settings)
     params = SamplingParams(
         max_new_chars=req.max_tokens, temperature=req.temperature, top_p=req.top_p, stop=tuple(req.stop_list)
@@ -99,14 +105,10 @@ async def completions(req: OpenAICompletionRequest, request: Request, service: S
     }
 
 
-@router.get("/models", summary="OpenAI-compatible model list (the model being served)")
-def models(service: ServiceDep) -> dict:
+@router.get("/models", response_model=OpenAIModelList, summary="OpenAI-compatible model list (the model being served)")
+def models(service: ReadyServiceDep) -> OpenAIModelList:
     loaded = service.active
-    created = loaded.meta.get("created_at")
-    return {
-        "object": "list",
-        "data": [{"id": loaded.name, "object": "model", "created": _epoch(created), "owned_by": "charrnn"}],
-    }
+    return OpenAIModelList(data=[OpenAIModel(id=loaded.name, created=_epoch(loaded.meta.get("created_at")))])
 
 
 def _epoch(iso: str | None) -> int:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
+from app.errors import UnsupportedMediaType
+
 
 class DuplicateKey(ValueError):
     pass
@@ -35,11 +37,24 @@ class StrictJSONRequest(Request):
         return self._json
 
 
+def is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 class StrictJSONRoute(APIRoute):
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
+        takes_json = self.body_field is not None
 
         async def strict_handler(request: Request) -> Response:
+            if takes_json and not is_json(request.headers.get("content-type", "")):
+                given = request.headers.get("content-type")
+                raise UnsupportedMediaType(
+                    "the body must be JSON, sent with the header Content-Type: application/json"
+                    + (f" (this request said {given!r})" if given else " (this request sent no Content-Type)"),
+                    "content-type",
+                )
             return await handler(StrictJSONRequest(request.scope, request.receive))
 
         return strict_handler

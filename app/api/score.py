@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.routing import StrictJSONRoute
-from app.deps import ServiceDep, SettingsDep
+from app.deps import ReadyServiceDep, SettingsDep
 from app.errors import InvalidInput
 from app.schemas import ErrorResponse, ScoreRequest, ScoreResponse
 
@@ -18,7 +18,7 @@ router = APIRouter(tags=["models"], route_class=StrictJSONRoute)
     responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
     summary="Score a text",
 )
-def score(req: ScoreRequest, service: ServiceDep, settings: SettingsDep) -> ScoreResponse:
+def score(req: ScoreRequest, service: ReadyServiceDep, settings: SettingsDep) -> ScoreResponse:
     """Each character is predicted from all the characters before it (the state is carried
     through the whole text), the way to compare models on your own held-out text."""
     if len(req.text) > settings.max_score_chars:

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save
 
 from app.lm.model import CharRNN, ModelConfig
 from app.lm.vocab import Vocab
@@ -175,8 +175,8 @@ class ModelStore:
         if not info:
             return None
         path = self._optim_path(name)
-        _read_verified(path, info.get("sha256"), f"{name}.json", "optimizer state")
-        tensors = load_file(path, device=str(device))
+        payload = _read_verified(path, info.get("sha256"), f"{name}.json", "optimizer state")
+        tensors = {k: v.to(device) for k, v in safetensors_load(payload).items()}
         return unflatten_optimizer_state(tensors, info["param_groups"])
 
     def read_meta(self, name: str) -> dict:
@@ -184,11 +184,13 @@ class ModelStore:
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ModelNotFound(f"no model named {name!r} in {self.root}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CorruptCheckpoint(f"{meta_path}: unreadable metadata ({exc})") from exc
+            raise ModelNotFound(f"no model named {name!r}") from None
+        except OSError as exc:
+            raise CorruptCheckpoint(f"{meta_path.name}: unreadable metadata ({exc.strerror})") from exc
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CorruptCheckpoint(f"{meta_path.name}: unreadable metadata ({exc})") from exc
         if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-            raise CorruptCheckpoint(f"{meta_path}: unsupported or missing format_version")
+            raise CorruptCheckpoint(f"{meta_path.name}: unsupported or missing format_version")
         return meta
 
     def verify(self, name: str) -> None:
@@ -199,20 +201,18 @@ class ModelStore:
         try:
             st = weights_path.stat()
         except FileNotFoundError:
-            raise CorruptCheckpoint(f"{weights_path}: weights file is missing") from None
+            raise CorruptCheckpoint(f"{weights_path.name}: weights file is missing") from None
         key = (name, st.st_size, st.st_mtime_ns, meta.get("weights_sha256"))
         if key in self._verified:
             return
-        if st.st_size != meta.get("weights_bytes") or (
-            hashlib.sha256(weights_path.read_bytes()).hexdigest() != meta.get("weights_sha256")
-        ):
-            raise CorruptCheckpoint(f"{weights_path}: weights do not match the hash in {name}.json")
+        if st.st_size != meta.get("weights_bytes"):
+            raise CorruptCheckpoint(f"{weights_path.name}: weights do not match the hash in {name}.json")
+        payload = _read_verified(weights_path, meta.get("weights_sha256"), f"{name}.json", "weights")
         try:
             vocab_size = Vocab.from_json(meta["vocab"]).size
-            with safe_open(weights_path, "pt") as f:
-                outputs = f.get_slice("fc.weight").get_shape()[0]
+            outputs = _header(payload)["fc.weight"]["shape"][0]
         except Exception as exc:
-            raise CorruptCheckpoint(f"{name}: unreadable vocabulary or weights ({exc})") from exc
+            raise CorruptCheckpoint(f"{name}: unreadable vocabulary or weights ({type(exc).__name__})") from exc
         if not vocab_size == outputs == meta.get("model_config", {}).get("vocab_size"):
             raise CorruptCheckpoint(
                 f"{name}.json: vocabulary of {vocab_size} ids does not match the model's {outputs} outputs"
@@ -220,23 +220,24 @@ class ModelStore:
         self._verified.add(key)
 
     def load(self, name: str, device: torch.device | str = "cpu") -> Checkpoint:
-        """Loads weights straight onto `device`, after checking they are the ones the metadata names."""
+        """Loads weights onto `device` from the very bytes whose hash was checked against the metadata:
+        the file is read once, so another process replacing it meanwhile cannot slip in unchecked."""
         weights_path, meta_path = self._paths(name)
         meta = self.read_meta(name)
-        _read_verified(weights_path, meta.get("weights_sha256"), meta_path.name, "weights")
+        payload = _read_verified(weights_path, meta.get("weights_sha256"), meta_path.name, "weights")
         try:
             config = ModelConfig.from_json(meta["model_config"])
             vocab = Vocab.from_json(meta["vocab"])
             if vocab.size != config.vocab_size:
                 raise ValueError(f"vocabulary has {vocab.size} entries but the model has {config.vocab_size} outputs")
-            tensors = load_file(weights_path, device=str(device))
+            tensors = {k: v.to(device) for k, v in safetensors_load(payload).items()}
             with torch.device(device):
                 model = CharRNN(config)
             model.load_state_dict(tensors)
         except CorruptCheckpoint:
             raise
         except Exception as exc:  # any inconsistency between metadata and weights
-            raise CorruptCheckpoint(f"{meta_path} and {weights_path.name} do not fit together: {exc}") from exc
+            raise CorruptCheckpoint(f"{meta_path.name} and {weights_path.name} do not fit together: {exc}") from exc
         model.eval()
         return Checkpoint(name, model, vocab, meta)
 
@@ -258,7 +259,7 @@ class ModelStore:
     def delete(self, name: str) -> None:
         weights_path, meta_path = self._paths(name)
         if not meta_path.exists():
-            raise ModelNotFound(f"no model named {name!r} in {self.root}")
+            raise ModelNotFound(f"no model named {name!r}")
         with self._lock:
             meta_path.unlink(missing_ok=True)  # metadata first: a half-deleted model is simply gone
             weights_path.unlink(missing_ok=True)
@@ -273,10 +274,17 @@ class ModelStore:
 
     def set_active(self, name: str) -> None:
         if not self.exists(name):
-            raise ModelNotFound(f"no model named {name!r} in {self.root}")
+            raise ModelNotFound(f"no model named {name!r}")
         with self._lock:
             self.root.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.root / ACTIVE_FILE, name.encode())
+
+
+def _header(payload: bytes) -> dict:
+    """A safetensors file's header: an 8-byte little-endian length, then that much JSON naming each
+    tensor's dtype, shape and offsets (the format's specification)."""
+    length = int.from_bytes(payload[:8], "little")
+    return json.loads(payload[8 : 8 + length])
 
 
 def _read_verified(path: Path, sha256: str | None, meta_name: str, what: str) -> bytes:
@@ -284,9 +292,11 @@ def _read_verified(path: Path, sha256: str | None, meta_name: str, what: str) ->
     try:
         payload = path.read_bytes()
     except FileNotFoundError:
-        raise CorruptCheckpoint(f"{path}: {what} file is missing") from None
+        raise CorruptCheckpoint(f"{path.name}: {what} file is missing") from None
+    except OSError as exc:
+        raise CorruptCheckpoint(f"{path.name}: {what} unreadable ({exc.strerror})") from None
     if hashlib.sha256(payload).hexdigest() != sha256:
-        raise CorruptCheckpoint(f"{path}: {what} do not match the hash in {meta_name}")
+        raise CorruptCheckpoint(f"{path.name}: {what} do not match the hash in {meta_name}")
     return payload
 
 

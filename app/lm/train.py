@@ -97,6 +97,7 @@ class TrainResult:
     stopped: str = "budget"  # budget | early_stopping
     history: list[Evaluation] = field(default_factory=list)
     optimizer_state: dict | None = None
+    first_loss: float | None = None  # of this run's first step: the start of its learning curve
 
 
 class TrainingCancelled(Exception):
@@ -203,6 +204,7 @@ def train(
     stopped = "budget"
     running_loss, running_n, last_report_t, last_report_step = 0.0, 0, started, 0
     loss_value = float("nan")
+    first_loss = None
 
     def budget_used() -> float:
         used = step / total_steps if total_steps else 0.0
@@ -263,6 +265,8 @@ def train(
             if average is not None:
                 average.update()
             step += 1
+            if step == 1:
+                first_loss = loss_value
             running_loss += loss_value
             running_n += 1
             out_of_budget = step >= total_steps or (
@@ -328,6 +332,7 @@ def train(
         stopped=stopped,
         history=history,
         optimizer_state=best_opt if best_opt is not None else optimizer.state_dict(),
+        first_loss=first_loss,
     )
 
 

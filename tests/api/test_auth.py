@@ -1,10 +1,9 @@
 """API keys on every protected route: missing, wrong, right, and the plain key on admin routes."""
 
 import pytest
-from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.conftest import make_settings, serving
 
 USER, ADMIN = "user-key-123", "admin-key-456"
 
@@ -35,7 +34,7 @@ PUBLIC_ROUTES = [
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory):
     settings = make_settings(tmp_path_factory.mktemp("auth"), api_key=USER, admin_api_key=ADMIN)
-    with TestClient(create_app(settings)) as c:
+    with serving(create_app(settings)) as c:
         yield c
 
 
@@ -76,7 +75,7 @@ def test_without_keys_everything_is_open(client):
 
 def test_keys_never_reach_the_logs(tmp_path, caplog):
     settings = make_settings(tmp_path, api_key=USER, admin_api_key=ADMIN)
-    with TestClient(create_app(settings)) as c:
+    with serving(create_app(settings)) as c:
         call(c, "GET", "/vocab", None, USER)
         call(c, "GET", "/corpora", None, "a-wrong-key")
     assert USER not in caplog.text and ADMIN not in caplog.text and "a-wrong-key" not in caplog.text

@@ -10,6 +10,7 @@ def test_vocab_of_the_default_model(client):
 def test_health(client):
     assert client.get("/health").json() == {
         "status": "ok",
+        "ready": True,
         "model": "default",
         "device": "cpu",
         "decode_dtype": "float32",  # the tutorial model is too small for bf16 to pay
@@ -19,8 +20,10 @@ def test_health(client):
 def test_models_lists_the_active_default(client):
     body = client.get("/models").json()
     assert body["active"] == "default"
-    [model] = body["models"]
-    assert model["name"] == "default" and model["active"] and model["ok"]
+    [summary] = body["models"]
+    assert summary["name"] == "default" and summary["active"] and summary["ok"]
+    assert summary["cell"] == "rnn" and summary["hidden_size"] == 12 and summary["num_parameters"] > 0
+    model = client.get("/models/default").json()
     assert model["model_config"]["cell"] == "rnn"
     assert model["metrics"]["final_loss"] < 0.5
 

@@ -1,16 +1,15 @@
 """Request size limits: 413 in the error envelope before any work, larger for training bodies; CORS off by default."""
 
 import pytest
-from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.conftest import make_settings, serving
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     settings = make_settings(tmp_path_factory.mktemp("limits"), max_body_bytes=2048, max_train_body_bytes=10_000)
-    with TestClient(create_app(settings)) as c:
+    with serving(create_app(settings)) as c:
         yield c
 
 
@@ -44,6 +43,6 @@ def test_cors_is_off_unless_configured(client, tmp_path):
     r = client.options("/complete", headers=preflight)
     assert "access-control-allow-origin" not in r.headers
     settings = make_settings(tmp_path, cors_origins=["https://example.test"])
-    with TestClient(create_app(settings)) as c:
+    with serving(create_app(settings)) as c:
         r = c.options("/complete", headers=preflight)
         assert r.headers["access-control-allow-origin"] == "https://example.test"

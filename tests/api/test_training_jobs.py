@@ -3,10 +3,9 @@
 import math
 
 import pytest
-from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import make_settings, wait_for, wait_for_job
+from tests.conftest import make_settings, serving, wait_for, wait_for_job
 from tests.sse import parse_events
 
 CORPUS = "the cat sat on the mat and the dog sat on the log. " * 80
@@ -24,7 +23,7 @@ def test_corpus_job_reports_validation_progress_and_saves_its_metrics(fresh_clie
     assert last["val_bpc"] == pytest.approx(last["val_loss"] / math.log(2))
     assert job["best_val_loss"] == min(h["val_loss"] for h in job["history"])
     assert job["chars_per_s"] > 0 and job["elapsed"] > 0 and job["eta"] == 0
-    model = next(m for m in fresh_client.get("/models").json()["models"] if m["name"] == "cats")
+    model = fresh_client.get("/models/cats").json()
     assert model["metrics"]["best_val_loss"] == pytest.approx(job["best_val_loss"])
     assert model["training"]["val_fraction"] == 0.05 and model["training"]["seq_len"] == 32
     assert model["model_config"]["cell"] == "lstm"  # the recommended corpus default
@@ -61,7 +60,7 @@ def test_resume_from_continues_training(fresh_client):
     more = wait_for_job(fresh_client, r.json()["job_id"])
     assert more["status"] == "succeeded", more
     assert more["history"][0]["step"] > base["step"]
-    info = {m["name"]: m for m in fresh_client.get("/models").json()["models"]}
+    info = {name: fresh_client.get(f"/models/{name}").json() for name in ("base", "more")}
     assert info["more"]["training"]["resumed_from"] == "base"
     assert info["more"]["model_config"] == info["base"]["model_config"]
     r = fresh_client.post("/train", json={"name": "x", "corpus": CORPUS, "resume_from": "nothing"})
@@ -120,7 +119,7 @@ def test_upload_a_corpus_and_train_on_it(fresh_client):
     ],
 )
 def test_bad_uploads_are_refused_and_leave_nothing(tmp_path, body, status, words):
-    with TestClient(create_app(make_settings(tmp_path, max_corpus_bytes=1000))) as c:
+    with serving(create_app(make_settings(tmp_path, max_corpus_bytes=1000))) as c:
         r = c.post("/corpora", content=body)
         assert r.status_code == status, r.text
         assert words in r.json()["error"]["message"]
