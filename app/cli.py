@@ -151,7 +151,7 @@ def train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from app.lm.data import minimum_corpus_chars
-    from app.training import MODEL_FIELDS, TRAIN_FIELDS, TrainSpec, run_training
+    from app.service.training import MODEL_FIELDS, TRAIN_FIELDS, TrainSpec, run_training
 
     _setup_logging(get_settings().log_level)
     device = _device(args)
@@ -349,7 +349,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     from app.lm import default
     from app.lm.model import CELLS, ENCODINGS, ModelConfig
     from app.lm.train import TrainConfig
-    from app.training import MODEL_FIELDS
+    from app.service.training import MODEL_FIELDS
 
     choices = {"cell": list(CELLS), "encoding": list(ENCODINGS)}
     for cls, corpus, sentences in (
@@ -461,7 +461,7 @@ def _as_flag(match: re.Match) -> str:
 
 def _as_flags(text: str) -> str:
     """Training names its settings as fields (val_fraction); on the command line they are flags."""
-    from app.training import MODEL_FIELDS, TRAIN_FIELDS
+    from app.service.training import MODEL_FIELDS, TRAIN_FIELDS
 
     names = (*MODEL_FIELDS, *TRAIN_FIELDS)
     # any snake_case name is a setting; a one-word one (precision, dropout) only as the subject

@@ -1,9 +1,9 @@
-"""Continuous batching: one thread runs every decoding step for all in-flight completions.
+"""Continuous batching: decode worker threads run every decoding step for all in-flight completions.
 
-Requests join the running batch between steps (after their prefix is read) and leave the
-moment they finish or their caller goes away, so concurrent requests share one forward pass
-per step. Torch work happens only on this thread, never on the event loop. Results travel
-back to the event loop with call_soon_threadsafe.
+Each worker thread keeps its own batch: requests join it between steps (after their prefix is
+read) and leave the moment they finish or their caller goes away, so concurrent requests share
+one forward pass per step. Torch work happens only on the workers, never on the event loop.
+Results travel back to the event loop as typed messages, with call_soon_threadsafe.
 """
 
 from __future__ import annotations
@@ -18,33 +18,71 @@ import torch
 
 from app.errors import NotReady, Overloaded
 from app.lm.generate import DecodeBatch, SamplingParams, Sequence
+from app.lm.model import CharRNN
+from app.lm.vocab import Vocab
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """Everything one request needs, swapped as a single reference: no request sees half a swap."""
+
+    name: str
+    model: CharRNN
+    vocab: Vocab
+    meta: dict
+    decode_dtype: torch.dtype = torch.float32  # of decoding's matrix products (settings.decode_precision)
+
+
+# ---- messages from a worker back to the request's caller ------------------------------------
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New text of some of the request's sequences: (choice index, text) pairs."""
+
+    deltas: list[tuple[int, str]]
+
+
+@dataclass(frozen=True)
+class Done:
+    """Every sequence has finished."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Decoding failed; the request will get nothing more."""
+
+    message: str
+
+
+Message = TextDelta | Done | Failed
+
+
 @dataclass(eq=False)
 class GenerationRequest:
-    """One /complete call in the engine: its sequences and the channel back to its caller."""
+    """One completion call in the engine: its sequences and the channel back to its caller."""
 
     prefix: str
     params: SamplingParams
     n: int
     seed: int
-    loaded: object  # service.LoadedModel: the model this request uses from start to end
+    loaded: LoadedModel  # the model this request uses from start to end
     stream: bool = False
     loop: asyncio.AbstractEventLoop | None = None
     seqs: list[Sequence] = field(default_factory=list)
-    queue: asyncio.Queue | None = None  # ("text", [(index, text), ...]) | ("done", None) | ("error", msg)
+    queue: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
     cancelled: bool = False  # set by the caller's side when it goes away
 
     def __post_init__(self) -> None:
         self.seqs = [Sequence(self.params, self.seed, i) for i in range(self.n)]
-        self.queue = asyncio.Queue()
 
-    def _send(self, kind: str, payload=None) -> None:
+    def send(self, message: Message) -> None:
+        """From a worker thread: hands the message to the caller's event loop."""
         if self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload))
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -91,12 +129,10 @@ class Engine:
         """Queues a request, or refuses it with 429 when the queue is full."""
         with self._lock:
             if self._stopping:
-                raise NotReady("the service is shutting down", headers={"Retry-After": "5"})
+                raise NotReady("the service is shutting down", retry_after=5)
             waiting = self.queued
             if waiting >= self.max_queued:
-                raise Overloaded(
-                    f"{waiting} requests are already waiting; try again shortly", headers={"Retry-After": "1"}
-                )
+                raise Overloaded(f"{waiting} requests are already waiting; try again shortly", retry_after=1)
             min(self.workers, key=lambda w: w.load).submit(req)
 
     @property
@@ -178,7 +214,7 @@ class _Worker:
                     failed = self._running + list(self.pending)
                     self.pending.clear()
                 for req in failed:
-                    req._send("error", f"generation failed: {type(exc).__name__}")
+                    req.send(Failed(f"generation failed: {type(exc).__name__}"))
                 self._running.clear()
                 self._batches.clear()
 
@@ -230,7 +266,7 @@ class _Worker:
             if req.stream:
                 deltas = [(s.index, t) for s in req.seqs if (t := s.take_new_text())]
                 if deltas:
-                    req._send("text", deltas)
+                    req.send(TextDelta(deltas))
             if req.finished:
                 self._finish(req, "ok")
             else:
@@ -244,7 +280,7 @@ class _Worker:
         if self.metrics:
             self.metrics.completions.labels(outcome).inc()
         if outcome == "ok":
-            req._send("done")
+            req.send(Done())
 
 
 def configure_torch_threads(threads: int) -> None:

@@ -12,15 +12,15 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from app.api import complete, corpora, docs, health, metrics, models, openai, score, train, vocab
+from app.api.deps import require_admin, require_user
+from app.api.errors import install_error_handlers
+from app.api.middleware import BodyLimitMiddleware, RequestLogMiddleware
 from app.config import Settings, get_settings
-from app.corpora import CorpusStore
-from app.deps import require_admin, require_user
 from app.engine import configure_torch_threads
-from app.errors import install_error_handlers
 from app.lm.device import DeviceUnavailable, resolve_device
 from app.logs import configure_logging
-from app.middleware import BodyLimitMiddleware, RequestLogMiddleware
-from app.service import ModelService
+from app.service import Service
+from app.service.corpora import CorpusStore
 
 log = logging.getLogger("app")
 
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.error("cannot start: CHARRNN_DEVICE=%s: %s", settings.device, exc)
             raise StartupError(f"CHARRNN_DEVICE={settings.device}: {exc}") from None
         configure_torch_threads(settings.torch_threads)
-        service = ModelService(settings, device)
+        service = Service(settings, device)
         app.state.service = service
         app.state.startup_error = None
 
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.public_url = None  # set by `charrnn serve` (http://host:port), for the startup log
     app.state.shutdown = lambda: None  # set by `charrnn serve`: asks the server to exit
 
-    # read by app.deps.app_settings; not dependency_overrides, with which FastAPI re-analyses
+    # read by app.api.deps.app_settings; not dependency_overrides, with which FastAPI re-analyses
     # every dependency's signature on every request
     app.state.settings = settings
     app.add_middleware(

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from app import cli
-from app.training import MODEL_FIELDS, TRAIN_FIELDS
+from app.service.training import MODEL_FIELDS, TRAIN_FIELDS
 from tests.server import ROOT
 
 CORPUS = "to be or not to be, that is the question. " * 60

@@ -18,7 +18,7 @@ def test_service_on_cuda_loads_checkpoint_onto_the_gpu_and_completes(tmp_path):
         with serving(create_app(settings)) as c:
             assert c.get("/health").json()["device"].startswith("cuda")
             service = c.app.state.service
-            assert service.active.model.fc.weight.device.type == "cuda"
+            assert service.models.active.model.fc.weight.device.type == "cuda"
             r = c.post("/complete", json={"prefix": "good", "max_new_chars": 11})
             assert r.json()["choices"][0]["text"] == "good i am fine "
             r = c.post("/complete", json={"prefix": "h", "max_new_chars": 30, "temperature": 1.0, "seed": 1, "n": 4})

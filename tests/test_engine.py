@@ -4,13 +4,13 @@ import asyncio
 
 import pytest
 
-from app.engine import Engine, GenerationRequest
+from app.api.errors import error_response
+from app.engine import Done, Engine, GenerationRequest, LoadedModel
 from app.errors import Overloaded
 from app.lm.generate import SamplingParams, generate
 from app.lm.model import ModelConfig
 from app.lm.train import build_model
 from app.lm.vocab import Vocab
-from app.service import LoadedModel
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,7 @@ async def run(engine, loaded, specs):
     for r in reqs:
         engine.submit(r)
     for r in reqs:
-        kind, _ = await asyncio.wait_for(r.queue.get(), 30)
-        assert kind == "done"
+        assert isinstance(await asyncio.wait_for(r.queue.get(), 30), Done)
     return reqs
 
 
@@ -63,8 +62,9 @@ def test_a_full_queue_is_refused_with_retry_after(loaded):
         return err.value
 
     err = asyncio.run(fill())
-    assert err.status == 429
-    assert err.headers["Retry-After"] == "1"
+    assert err.retry_after == 1
+    response = error_response(err)  # as HTTP: 429 with Retry-After
+    assert response.status_code == 429 and response.headers["Retry-After"] == "1"
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -86,16 +86,16 @@ def test_the_port_answers_at_once_and_ready_says_when_completions_can_be_served(
     with Retry-After in the envelope, /train is not blocked; then everything is served."""
     import threading
 
-    from app.service import ModelService
+    from app.service.models import Models
 
     release = threading.Event()
-    original = ModelService._train_default
+    original = Models.train_default
 
-    def slow_train_default(self):
+    def slow_train_default(self, should_stop):
         assert release.wait(30)
-        original(self)
+        original(self, should_stop)
 
-    monkeypatch.setattr(ModelService, "_train_default", slow_train_default)
+    monkeypatch.setattr(Models, "train_default", slow_train_default)
     with TestClient(create_app(make_settings(tmp_path))) as c:
         health = c.get("/health")
         assert health.status_code == 200 and health.json()["ready"] is False and health.json()["model"] is None
@@ -172,6 +172,6 @@ def test_the_log_says_where_the_docs_are_and_uvicorn_lines_share_the_format(tmp_
         assert all(LINE.match(line) for line in lines), [line for line in lines if not LINE.match(line)]
         loggers = {line.split(" ")[3].rstrip(":") for line in lines}
         text = "\n".join(lines)
-    assert {"uvicorn.error", "app", "app.service", "app.access"} <= loggers
+    assert {"uvicorn.error", "app", "app.service.models", "app.access"} <= loggers
     assert f"API docs at {server.url}/docs" in text
     assert "trained the default model 'default'" in text and "(device cpu)" in text

@@ -1,53 +1,25 @@
-"""POST /complete: continue a prefix with the active model, whole or streamed as Server-Sent Events."""
+"""POST /complete: continue a prefix, whole or streamed as Server-Sent Events."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
-from sse_starlette import EventSourceResponse
 
-from app.api.generation import GenerationError, text_deltas, wait_until_done
+from app.api import protocol
+from app.api.deps import ReadyServiceDep, SettingsDep
+from app.api.generation import GenerationError, event_stream, text_deltas, wait_until_done
 from app.api.routing import StrictJSONRoute
-from app.deps import ReadyServiceDep, SettingsDep
+from app.api.schemas import CompleteRequest, CompleteResponse, ErrorResponse
 from app.engine import GenerationRequest
-from app.errors import InvalidInput
-from app.lm.generate import SamplingParams
-from app.schemas import CompleteRequest, CompleteResponse, ErrorResponse
-from app.service import ModelService
+from app.service.completions import Completions
 
 router = APIRouter(tags=["completion"], route_class=StrictJSONRoute)
 
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-
-def check_limits(req: CompleteRequest, settings) -> None:
-    """Bounds that depend on settings, checked before any work starts."""
-    if len(req.prefix) > settings.max_prefix_chars:
-        raise InvalidInput(
-            f"prefix: {len(req.prefix)} characters is more than the limit of {settings.max_prefix_chars}", "prefix"
-        )
-    if req.max_new_chars > settings.max_new_chars:
-        raise InvalidInput(f"max_new_chars: at most {settings.max_new_chars}", "max_new_chars")
-    if req.n > settings.max_n:
-        raise InvalidInput(f"n: at most {settings.max_n}", "n")
-    for s in req.stop:
-        if len(s) > settings.max_stop_chars:
-            raise InvalidInput(f"stop: each stop string may have at most {settings.max_stop_chars} characters", "stop")
-
-
-def sampling_params(req: CompleteRequest) -> SamplingParams:
-    return SamplingParams(
-        max_new_chars=req.max_new_chars,
-        temperature=req.temperature,
-        top_k=req.top_k or 0,
-        top_p=req.top_p if req.top_p is not None else 1.0,
-        stop=tuple(req.stop),
-    )
-
-
-def response_body(service: ModelService, req: GenerationRequest) -> dict:
-    result = service.summary(req)
+def response_body(gen: GenerationRequest) -> dict:
+    result = Completions.summary(gen)
     return CompleteResponse(
         model=result.model,
         seed=result.seed,
@@ -57,7 +29,7 @@ def response_body(service: ModelService, req: GenerationRequest) -> dict:
     ).model_dump()
 
 
-async def sse_events(service: ModelService, gen: GenerationRequest):
+async def sse_events(gen: GenerationRequest) -> AsyncIterator[dict]:
     """New text as `data:` events (whatever accumulated since the last one), a final event, [DONE]."""
     try:
         async for merged in text_deltas(gen):
@@ -66,7 +38,7 @@ async def sse_events(service: ModelService, gen: GenerationRequest):
     except GenerationError as exc:
         yield {"data": json.dumps({"error": {"type": "internal_error", "message": str(exc)}})}
         return
-    body = response_body(service, gen)
+    body = response_body(gen)
     body["choices"] = [{"index": c["index"], "text": "", "finish_reason": c["finish_reason"]} for c in body["choices"]]
     yield {"data": json.dumps(body, ensure_ascii=False)}
     yield {"data": "[DONE]"}
@@ -82,6 +54,7 @@ async def sse_events(service: ModelService, gen: GenerationRequest):
         },
         422: {"model": ErrorResponse},
         429: {"model": ErrorResponse, "description": "Too many requests waiting; retry after Retry-After seconds."},
+        503: {"model": ErrorResponse, "description": "Not ready yet; retry after Retry-After seconds."},
     },
     summary="Complete a prefix",
 )
@@ -89,11 +62,10 @@ async def complete(req: CompleteRequest, request: Request, service: ReadyService
     """Generates up to `max_new_chars` characters after `prefix`, `n` times. Characters the model
     has never seen are read as UNK and listed in `unknown_chars`; UNK is never generated.
     Concurrent requests are decoded together (continuous batching)."""
-    check_limits(req, settings)
-    gen = service.submit_completion(req.prefix, sampling_params(req), n=req.n, seed=req.seed, stream=req.stream)
+    gen = service.completions.submit(protocol.from_complete(req, settings))
     if req.stream:
-        return EventSourceResponse(sse_events(service, gen), headers=STREAM_HEADERS, sep="\n", ping=15)
+        return event_stream(sse_events(gen))
     # a caller that hangs up before the answer is ready stops its generation, as in streaming
     if not await wait_until_done(gen, request):
         return Response(status_code=499)  # nobody is listening; the status is for the logs
-    return response_body(service, gen)
+    return response_body(gen)

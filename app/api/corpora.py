@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request, Response
 from starlette.requests import ClientDisconnect
 
+from app.api.deps import CorporaDep
+from app.api.errors import error_response
+from app.api.middleware import drain_body, drain_bound
 from app.api.routing import StrictJSONRoute
-from app.deps import CorporaDep
+from app.api.schemas import CorporaResponse, CorpusInfo, ErrorResponse
 from app.errors import ServiceError
-from app.middleware import drain_body, drain_bound
-from app.schemas import CorporaResponse, CorpusInfo, ErrorResponse
 
 router = APIRouter(prefix="/corpora", tags=["training"], route_class=StrictJSONRoute)
 
@@ -39,7 +40,7 @@ UPLOAD_BODY = {
     summary="Upload a training text",
     openapi_extra={"requestBody": UPLOAD_BODY},
 )
-async def upload_corpus(request: Request, corpora: CorporaDep) -> CorpusInfo:
+async def upload_corpus(request: Request, corpora: CorporaDep) -> CorpusInfo | Response:
     """Send the text as a file part (`curl -F file=@text.txt`) or as the raw body
     (`curl --data-binary @text.txt`; text/plain, application/octet-stream, the form type curl sends
     by default, or none; other types are 415). It is written to disk as it arrives, never held in
@@ -61,13 +62,13 @@ async def upload_corpus(request: Request, corpora: CorporaDep) -> CorpusInfo:
     try:
         info = await corpora.upload(request.headers.get("content-type"), body())
     except ServiceError as exc:
-        if not done:
-            # read the rest of a refused body first: closing on a client still sending resets it
-            # (a client waiting on 100-continue has sent nothing yet)
-            if started or request.headers.get("expect", "").lower() != "100-continue":
-                await drain_body(request.receive, drain_bound(corpora.max_bytes))
-            exc.headers = {**(exc.headers or {}), "Connection": "close"}
-        raise
+        if done:
+            raise
+        # read the rest of a refused body first: closing on a client still sending resets it
+        # (a client waiting on 100-continue has sent nothing yet)
+        if started or request.headers.get("expect", "").lower() != "100-continue":
+            await drain_body(request.receive, drain_bound(corpora.max_bytes))
+        return error_response(exc, headers={"Connection": "close"})
     return CorpusInfo(**info)
 
 

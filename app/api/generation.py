@@ -1,4 +1,4 @@
-"""Waiting on an engine request from an endpoint: whole, or as merged text deltas for a stream."""
+"""Waiting on an engine request from an endpoint: whole, or as merged text deltas for an event stream."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import Request
+from sse_starlette import EventSourceResponse
 
-from app.engine import GenerationRequest
+from app.engine import Done, Failed, GenerationRequest, Message, TextDelta
 
 
 class GenerationError(RuntimeError):
@@ -29,11 +30,11 @@ async def wait_until_done(gen: GenerationRequest, request: Request) -> bool:
             if not item.done():
                 item.cancel()
                 return False
-            kind, payload = item.result()
-            if kind == "done":
+            message = item.result()
+            if isinstance(message, Done):
                 return True
-            if kind == "error":
-                raise GenerationError(payload)
+            if isinstance(message, Failed):
+                raise GenerationError(message.message)
     finally:
         disconnected.cancel()
         gen.cancel()  # a no-op once finished
@@ -44,20 +45,33 @@ async def text_deltas(gen: GenerationRequest) -> AsyncIterator[dict[int, str]]:
 
     If the consumer stops (a client disconnected), the request leaves the batch.
     """
+    held: Message | None = None  # a message read while merging that is not text: handled next
     try:
         while True:
-            kind, payload = await gen.queue.get()
-            if kind == "done":
+            message = held if held is not None else await gen.queue.get()
+            held = None
+            if isinstance(message, Done):
                 return
-            if kind == "error":
-                raise GenerationError(payload)
+            if isinstance(message, Failed):
+                raise GenerationError(message.message)
             merged: dict[int, str] = {}
-            while True:
-                for index, text in payload:
+            while isinstance(message, TextDelta):
+                for index, text in message.deltas:
                     merged[index] = merged.get(index, "") + text
-                if gen.queue.empty() or gen.queue._queue[0][0] != "text":
+                try:
+                    message = gen.queue.get_nowait()
+                except asyncio.QueueEmpty:
                     break
-                payload = gen.queue.get_nowait()[1]
+            else:
+                held = message
             yield merged
     finally:
         gen.cancel()
+
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
+
+
+def event_stream(events: AsyncIterator[dict]) -> EventSourceResponse:
+    """Server-Sent Events as every streaming route sends them: `data: ...` events, a ping every 15 s."""
+    return EventSourceResponse(events, headers=STREAM_HEADERS, sep="\n", ping=15)

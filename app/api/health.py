@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.api.deps import ServiceDep, not_ready
 from app.api.routing import StrictJSONRoute
-from app.deps import ServiceDep, not_ready
-from app.schemas import ErrorResponse, HealthResponse, ReadyResponse
+from app.api.schemas import ErrorResponse, HealthResponse, ReadyResponse
 
 router = APIRouter(tags=["health"], route_class=StrictJSONRoute)
 
@@ -15,7 +15,7 @@ router = APIRouter(tags=["health"], route_class=StrictJSONRoute)
 async def health(service: ServiceDep) -> HealthResponse:
     """Answers 200 from the moment the port opens, while the model is still loading too: the probe
     that says whether to restart the process (Docker's HEALTHCHECK, a Kubernetes livenessProbe)."""
-    active = service.active_or_none
+    active = service.models.active_or_none
     return HealthResponse(
         status="ok",
         ready=service.ready,
@@ -37,7 +37,7 @@ async def ready(service: ServiceDep) -> ReadyResponse:
     says whether to send traffic (a load balancer's check, a Kubernetes readinessProbe)."""
     if not service.ready:
         raise not_ready(service)
-    active = service.active
+    active = service.models.active
     return ReadyResponse(
         status="ready",
         model=active.name,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.deps import ServiceDep
 from app.api.routing import StrictJSONRoute
-from app.deps import ServiceDep
 
 router = APIRouter(tags=["health"], route_class=StrictJSONRoute)
 

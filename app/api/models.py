@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
+from app.api.deps import ServiceDep, require_admin
 from app.api.routing import StrictJSONRoute
-from app.deps import ServiceDep, require_admin
-from app.schemas import ErrorResponse, ModelInfo, ModelsResponse
+from app.api.schemas import ErrorResponse, ModelInfo, ModelsResponse
 
 router = APIRouter(prefix="/models", tags=["models"], route_class=StrictJSONRoute)
 
 
 def _models(service) -> ModelsResponse:
-    active = service.active_or_none
-    return ModelsResponse(active=active.name if active else None, models=service.list_models())
+    active = service.models.active_or_none
+    return ModelsResponse(active=active.name if active else None, models=service.models.summaries())
 
 
 @router.get("", response_model=ModelsResponse, summary="Stored models")
@@ -32,7 +32,7 @@ def list_models(service: ServiceDep) -> ModelsResponse:
 def model_detail(name: str, service: ServiceDep) -> ModelInfo:
     """Architecture, training settings, metrics. The training text itself is never returned: its
     SHA-256 and counts describe it."""
-    return ModelInfo(**service.model_detail(name))
+    return ModelInfo(**service.models.detail(name))
 
 
 @router.post(
@@ -44,7 +44,7 @@ def model_detail(name: str, service: ServiceDep) -> ModelInfo:
 )
 def activate_model(name: str, service: ServiceDep) -> ModelsResponse:
     """Loads the model and swaps it in atomically: requests in flight finish on the previous one."""
-    service.activate(name)
+    service.models.activate(name)
     return _models(service)
 
 
@@ -57,5 +57,5 @@ def activate_model(name: str, service: ServiceDep) -> ModelsResponse:
 )
 def delete_model(name: str, service: ServiceDep) -> Response:
     """Deleting the active model (or one a training job is using) is refused with 409."""
-    service.delete(name)
+    service.models.delete(name, in_use=service.jobs.user_of)
     return Response(status_code=204)

@@ -5,47 +5,37 @@ One token is one character: max_tokens counts characters and usage counts charac
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
 
 from fastapi import APIRouter, Request, Response
-from sse_starlette import EventSourceResponse
 
-from app.api.complete import STREAM_HEADERS
-from app.api.generation import text_deltas, wait_until_done
+from app.api import protocol
+from app.api.deps import ReadyServiceDep, SettingsDep
+from app.api.generation import event_stream, text_deltas, wait_until_done
 from app.api.routing import StrictJSONRoute
-from app.deps import ReadyServiceDep, SettingsDep
+from app.api.schemas import (
+    ErrorResponse,
+    OpenAIChoice,
+    OpenAICompletion,
+    OpenAICompletionRequest,
+    OpenAIModel,
+    OpenAIModelList,
+    OpenAIUsage,
+)
 from app.engine import GenerationRequest
-from app.errors import InvalidInput, NotFound
-from app.lm.generate import SamplingParams
-from app.schemas import ErrorResponse, OpenAICompletion, OpenAICompletionRequest, OpenAIModel, OpenAIModelList
+from app.errors import NotFound
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=StrictJSONRoute)
 
 
-def _check(req: OpenAICompletionRequest, service, settings) -> None:
-    active = service.active.name
-    if req.model is not None and req.model != active:
-        raise NotFound(f"model {req.model!r} is not being served; the active model is {active!r}", "model")
-    prompt = req.prompt_text
-    if len(prompt) > settings.max_prefix_chars:
-        raise InvalidInput(f"prompt: more than the limit of {settings.max_prefix_chars} characters", "prompt")
-    if req.max_tokens > settings.max_new_chars:
-        raise InvalidInput(f"max_tokens: at most {settings.max_new_chars}", "max_tokens")
-    if req.n > settings.max_n:
-        raise InvalidInput(f"n: at most {settings.max_n}", "n")
-    if any(len(s) > settings.max_stop_chars for s in req.stop_list):
-        raise InvalidInput(f"stop: each stop string may have at most {settings.max_stop_chars} characters", "stop")
-
-
-def _usage(gen: GenerationRequest) -> dict:
+def _usage(gen: GenerationRequest) -> OpenAIUsage:
     completion = sum(len(s.text) for s in gen.seqs)
-    return {
-        "prompt_tokens": len(gen.prefix),
-        "completion_tokens": completion,
-        "total_tokens": len(gen.prefix) + completion,
-    }
+    return OpenAIUsage(
+        prompt_tokens=len(gen.prefix), completion_tokens=completion, total_tokens=len(gen.prefix) + completion
+    )
 
 
 @router.post(
@@ -56,64 +46,50 @@ def _usage(gen: GenerationRequest) -> dict:
         404: {"model": ErrorResponse},
         422: {"model": ErrorResponse},
         429: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
     },
     summary="OpenAI-compatible completions (one token = one character)",
 )
 async def completions(req: OpenAICompletionRequest, request: Request, service: ReadyServiceDep, settings: SettingsDep):
-    _check(req, service, settings)
-    params = SamplingParams(
-        max_new_chars=req.max_tokens, temperature=req.temperature, top_p=req.top_p, stop=tuple(req.stop_list)
-    )
-    gen = service.submit_completion(req.prompt_text, params, n=req.n, seed=req.seed, stream=req.stream)
+    active = service.models.active.name
+    if req.model is not None and req.model != active:
+        raise NotFound(f"model {req.model!r} is not being served; the active model is {active!r}", "model")
+    gen = service.completions.submit(protocol.from_openai(req, settings))
     ident, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), gen.loaded.name
 
-    def choice(index: int, text: str, finish_reason: str | None) -> dict:
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
-
-    def chunk(choices: list[dict], usage: dict | None = None) -> dict:
-        body = {"id": ident, "object": "text_completion", "created": created, "model": model, "choices": choices}
-        if usage is not None:
-            body["usage"] = usage
-        return {"data": json.dumps(body, ensure_ascii=False)}
+    def body(choices: list[OpenAIChoice], usage: OpenAIUsage | None = None) -> OpenAICompletion:
+        return OpenAICompletion(id=ident, created=created, model=model, choices=choices, usage=usage)
 
     if req.stream:
 
-        async def events():
+        async def events() -> AsyncIterator[dict]:
             async for merged in text_deltas(gen):
-                yield chunk(
-                    [
-                        {"index": i, "text": t, "logprobs": None, "finish_reason": None}
-                        for i, t in sorted(merged.items())
-                    ]
-                )
-            finals = [
-                {"index": s.index, "text": "", "logprobs": None, "finish_reason": s.finish_reason} for s in gen.seqs
-            ]
-            yield chunk(finals, _usage(gen))
+                chunk = body([OpenAIChoice(index=i, text=t, finish_reason=None) for i, t in sorted(merged.items())])
+                yield {"data": chunk.model_dump_json(exclude_none=False, exclude={"usage"})}
+            finals = [OpenAIChoice(index=s.index, text="", finish_reason=s.finish_reason) for s in gen.seqs]
+            yield {"data": body(finals, _usage(gen)).model_dump_json()}
             yield {"data": "[DONE]"}
 
-        return EventSourceResponse(events(), headers=STREAM_HEADERS, sep="\n", ping=15)
+        return event_stream(events())
     if not await wait_until_done(gen, request):
         return Response(status_code=499)
-    return {
-        "id": ident,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [choice(s.index, s.text, s.finish_reason) for s in gen.seqs],
-        "usage": _usage(gen),
-    }
+    return body(
+        [OpenAIChoice(index=s.index, text=s.text, finish_reason=s.finish_reason) for s in gen.seqs], _usage(gen)
+    )
 
 
-@router.get("/models", response_model=OpenAIModelList, summary="OpenAI-compatible model list (the model being served)")
+@router.get(
+    "/models",
+    response_model=OpenAIModelList,
+    responses={503: {"model": ErrorResponse}},
+    summary="OpenAI-compatible model list (the model being served)",
+)
 def models(service: ReadyServiceDep) -> OpenAIModelList:
-    loaded = service.active
+    loaded = service.models.active
     return OpenAIModelList(data=[OpenAIModel(id=loaded.name, created=_epoch(loaded.meta.get("created_at")))])
 
 
 def _epoch(iso: str | None) -> int:
-    from datetime import datetime
-
     try:
         return int(datetime.fromisoformat(iso).timestamp()) if iso else 0
     except ValueError:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.api.deps import ReadyServiceDep, SettingsDep
 from app.api.routing import StrictJSONRoute
-from app.deps import ReadyServiceDep, SettingsDep
+from app.api.schemas import ErrorResponse, ScoreRequest, ScoreResponse
 from app.errors import InvalidInput
-from app.schemas import ErrorResponse, ScoreRequest, ScoreResponse
 
 router = APIRouter(tags=["models"], route_class=StrictJSONRoute)
 
@@ -23,7 +23,7 @@ def score(req: ScoreRequest, service: ReadyServiceDep, settings: SettingsDep) ->
     through the whole text), the way to compare models on your own held-out text."""
     if len(req.text) > settings.max_score_chars:
         raise InvalidInput(f"text: more than the limit of {settings.max_score_chars} characters", "text")
-    name, s = service.score(req.text, req.model)
+    name, s = service.models.score(req.text, req.model)
     return ScoreResponse(
         model=name,
         nats_per_char=s.nats_per_char,

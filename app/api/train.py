@@ -6,15 +6,14 @@ import asyncio
 import json
 
 from fastapi import APIRouter, Request
-from sse_starlette import EventSourceResponse
 
-from app.api.complete import STREAM_HEADERS
+from app.api.deps import CorporaDep, ServiceDep, SettingsDep
+from app.api.generation import event_stream
 from app.api.routing import StrictJSONRoute
-from app.deps import CorporaDep, ServiceDep, SettingsDep
+from app.api.schemas import ErrorResponse, TrainAccepted, TrainJobStatus, TrainRequest
 from app.errors import InvalidInput
-from app.schemas import ErrorResponse, TrainAccepted, TrainJobStatus, TrainRequest
-from app.service import TrainingJob
-from app.training import MODEL_FIELDS, TRAIN_FIELDS, TrainSpec
+from app.service.jobs import TrainingJob
+from app.service.training import MODEL_FIELDS, TRAIN_FIELDS, TrainSpec
 
 router = APIRouter(prefix="/train", tags=["training"], route_class=StrictJSONRoute)
 
@@ -91,7 +90,7 @@ def start_training(req: TrainRequest, service: ServiceDep, settings: SettingsDep
         overwrite=req.overwrite,
         options=options,
     )
-    return TrainAccepted(job_id=service.submit_training(spec).job_id)
+    return TrainAccepted(job_id=service.jobs.submit(spec).job_id)
 
 
 @router.get(
@@ -100,7 +99,7 @@ def start_training(req: TrainRequest, service: ServiceDep, settings: SettingsDep
 def training_status(job_id: str, service: ServiceDep) -> TrainJobStatus:
     """Status, step and total, epoch, training and validation loss, bits per character, speed,
     elapsed time, ETA and every validation so far."""
-    return job_status(service.get_job(job_id))
+    return job_status(service.jobs.get(job_id))
 
 
 @router.post(
@@ -111,7 +110,7 @@ def training_status(job_id: str, service: ServiceDep) -> TrainJobStatus:
 )
 def cancel_training(job_id: str, service: ServiceDep) -> TrainJobStatus:
     """Asks the job to stop; it does within a second (status `cancelled`) and saves nothing."""
-    return job_status(service.cancel_job(job_id))
+    return job_status(service.jobs.cancel(job_id))
 
 
 @router.get(
@@ -124,7 +123,7 @@ def cancel_training(job_id: str, service: ServiceDep) -> TrainJobStatus:
 )
 async def training_events(job_id: str, request: Request, service: ServiceDep):
     """The job's status (as GET /train/{job_id}) each time it changes, then `data: [DONE]` once it ends."""
-    job = service.get_job(job_id)
+    job = service.jobs.get(job_id)
 
     async def events():
         seen = -1
@@ -138,4 +137,4 @@ async def training_events(job_id: str, request: Request, service: ServiceDep):
                     return
             await asyncio.sleep(0.2)
 
-    return EventSourceResponse(events(), headers=STREAM_HEADERS, sep="\n", ping=15)
+    return event_stream(events())

@@ -167,6 +167,163 @@ def lr_at(config: TrainConfig, progress: float, step: int) -> float:
     return floor + (config.learning_rate - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def budget_used(config: TrainConfig, step: int, total_steps: int, started: float) -> float:
+    """Share of the run's budget spent after `step` steps: of its steps or, if larger, of its time."""
+    used = step / total_steps if total_steps else 0.0
+    if config.max_seconds:
+        used = max(used, (time.monotonic() - started) / config.max_seconds)
+    return used
+
+
+def out_of_budget(config: TrainConfig, step: int, total_steps: int, started: float) -> bool:
+    return step >= total_steps or bool(config.max_seconds and time.monotonic() - started >= config.max_seconds)
+
+
+def _asked_to_stop(should_stop: Callable[[], bool] | None) -> bool:
+    return should_stop is not None and should_stop()
+
+
+def hide_characters(x: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """Replaces a random `share` of the input ids by UNK (TrainConfig.unk_dropout)."""
+    if share > 0:
+        mask = torch.rand(x.shape, generator=generator, device=x.device) < share
+        x = x.masked_fill(mask, UNK_INDEX)
+    return x
+
+
+def train_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    state: torch.Tensor | None,
+    *,
+    lr: float,
+    config: TrainConfig,
+    bf16: bool,
+    stateful: bool,
+    step_number: int,
+) -> tuple[float, torch.Tensor | None]:
+    """One optimizer step on inputs x (B, T) and targets y (B, T). Like the model's forward(),
+    returns the loss with the recurrent state: the next window starts from it if `stateful`.
+
+    `net` is the model or its DistributedDataParallel wrapper; `step_number` names this step
+    if its loss is not finite, which raises TrainingDiverged before any weight changes.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    if state is not None and (not stateful or state.shape[1] != x.shape[0]):
+        state = None  # sentences start afresh, and a shorter last batch cannot continue the streams
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits, state = net(x, state)  # (B, T, V)
+    state = state.detach().float() if stateful else None
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise TrainingDiverged(f"loss became {loss_value} at step {step_number}")
+    loss.backward()
+    if config.grad_clip > 0:
+        nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+    optimizer.step()
+    return loss_value, state
+
+
+@dataclass
+class RunningLoss:
+    """The mean training loss since the last validation."""
+
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, loss: float) -> None:
+        self.total += loss
+        self.count += 1
+
+    @property
+    def mean(self) -> float:
+        return self.total / max(self.count, 1)
+
+
+def evaluate(
+    model: CharRNN,
+    val_ids: torch.Tensor | None,
+    config: TrainConfig,
+    *,
+    step: int,
+    epoch: int,
+    train_loss: float,
+    started: float,
+    should_stop: Callable[[], bool] | None = None,
+) -> Evaluation:
+    """Validates the model's current weights on `val_ids` (when there are any to read)."""
+    val_loss = None
+    if val_ids is not None and len(val_ids) > 1:
+        try:
+            total, count = mean_loss(model, val_ids, streams=config.eval_streams, should_stop=should_stop)
+        except ScoringCancelled:
+            raise TrainingCancelled() from None
+        val_loss = total / max(count, 1)
+    return Evaluation(
+        step=step,
+        epoch=epoch,
+        train_loss=train_loss,
+        val_loss=val_loss,
+        val_bpc=val_loss / math.log(2) if val_loss is not None else None,
+        elapsed=time.monotonic() - started,
+    )
+
+
+@dataclass
+class Best:
+    """The checkpoint that validated best so far (on the training loss when there is no
+    validation text), and how many validations since have failed to beat it."""
+
+    loss: float = math.inf
+    step: int | None = None
+    model_state: dict | None = None
+    optimizer_state: dict | None = None
+    misses: int = 0  # validations since the best one; early stopping counts them
+
+    def update(self, evaluation: Evaluation, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        score = evaluation.val_loss if evaluation.val_loss is not None else evaluation.train_loss
+        if score < self.loss:  # a NaN score never counts as better
+            self.loss, self.step = score, evaluation.step
+            self.model_state = copy.deepcopy(model.state_dict())
+            self.optimizer_state = copy.deepcopy(optimizer.state_dict())
+            self.misses = 0
+        else:
+            self.misses += 1
+
+
+def report(
+    config: TrainConfig,
+    *,
+    epoch: int,
+    step: int,
+    total_steps: int,
+    loss: float,
+    lr: float,
+    chars_per_s: float,
+    elapsed: float,
+    budget_used: float,
+    evaluation: Evaluation | None,
+) -> Progress:
+    """A progress report; `step` and `total_steps` count from the run's first step, resumed or not."""
+    return Progress(
+        epoch=epoch,
+        epochs=config.epochs,
+        step=step,
+        total_steps=total_steps,
+        loss=loss,
+        lr=lr,
+        chars_per_s=chars_per_s,
+        elapsed=elapsed,
+        eta=elapsed * (1 - budget_used) / budget_used if budget_used > 0 else None,
+        evaluation=evaluation,
+    )
+
+
 def train(
     model: CharRNN,
     batches: data.SentenceBatches | data.StreamBatches,
@@ -178,7 +335,11 @@ def train(
     start_step: int = 0,
     report_every: int = 1,
 ) -> TrainResult:
-    """Trains `model` in place; at the end it holds the weights with the best validation loss."""
+    """Trains `model` in place; at the end it holds the weights with the best validation loss.
+
+    `start_step` counts the steps of the run this one resumes: reports, the warm-up and the
+    best step continue from it.
+    """
     rank, world = _world()
     device = model.fc.weight.device
     net: nn.Module = model
@@ -191,147 +352,107 @@ def train(
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     eval_interval = config.eval_interval or batches.steps_per_epoch
-    dropout_gen = torch.Generator(device=device).manual_seed(config.seed + 7919 * rank)
+    dropout_gen = torch.Generator(device=device).manual_seed(config.seed + 7919 * rank)  # UNK masks
     average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
     # emulated bfloat16 (no AVX512-BF16/AMX) is slower than float32: auto uses it only where native
     bf16 = config.precision == "bf16" or (config.precision == "auto" and fast_bf16(device))
+
     started = time.monotonic()
-    step = 0
-    epoch = 0
+    step = epoch = 0  # this run's steps and epochs
     history: list[Evaluation] = []
-    best = (math.inf, None, None, None)  # (val loss, step, model state, optimizer state)
-    bad_evals = 0
+    best = Best()
+    running = RunningLoss()
     stopped = "budget"
-    running_loss, running_n, last_report_t, last_report_step = 0.0, 0, started, 0
-    loss_value = float("nan")
+    last = False  # this step is the run's last
+    loss = float("nan")
     first_loss = None
-
-    def budget_used() -> float:
-        used = step / total_steps if total_steps else 0.0
-        if config.max_seconds:
-            used = max(used, (time.monotonic() - started) / config.max_seconds)
-        return used
-
-    def stop_now() -> bool:
-        return should_stop is not None and should_stop()
-
-    def evaluate() -> Evaluation:
-        train_loss = running_loss / max(running_n, 1)
-        val_loss = None
-        if val_ids is not None and len(val_ids) > 1:
-            try:
-                total, count = mean_loss(model, val_ids, streams=config.eval_streams, should_stop=stop_now)
-            except ScoringCancelled:
-                raise TrainingCancelled() from None
-            val_loss = total / max(count, 1)
-        return Evaluation(
-            step=start_step + step,
-            epoch=epoch,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            val_bpc=val_loss / math.log(2) if val_loss is not None else None,
-            elapsed=time.monotonic() - started,
-        )
-
+    last_report_t, last_report_step = started, 0
     model.train()
-    done = False
-    while not done and epoch < config.epochs:
+    while not last and epoch < config.epochs:
         epoch += 1
         state = None
         for x, y in batches.epoch():
-            if _agree(stop_now(), world, device):
+            if _agree(_asked_to_stop(should_stop), world, device):
                 raise TrainingCancelled()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if config.unk_dropout > 0:
-                mask = torch.rand(x.shape, generator=dropout_gen, device=device) < config.unk_dropout
-                x = x.masked_fill(mask, UNK_INDEX)
-            lr = lr_at(config, budget_used(), start_step + step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            if state is not None and (not batches.stateful or state.shape[1] != x.shape[0]):
-                state = None
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits, state = net(x, state)  # (B, T, V)
-            state = state.detach().float() if batches.stateful else None
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(f"loss became {loss_value} at step {start_step + step + 1}")
-            loss.backward()
-            if config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            x = hide_characters(x, config.unk_dropout, dropout_gen)
+            lr = lr_at(config, budget_used(config, step, total_steps, started), start_step + step)
+            loss, state = train_step(
+                net,
+                optimizer,
+                x,
+                y,
+                state,
+                lr=lr,
+                config=config,
+                bf16=bf16,
+                stateful=batches.stateful,
+                step_number=start_step + step + 1,
+            )
             if average is not None:
                 average.update()
             step += 1
             if step == 1:
-                first_loss = loss_value
-            running_loss += loss_value
-            running_n += 1
-            out_of_budget = step >= total_steps or (
-                config.max_seconds and time.monotonic() - started >= config.max_seconds
-            )
-            out_of_budget = _agree(bool(out_of_budget), world, device)
+                first_loss = loss
+            running.add(loss)
+            last = _agree(out_of_budget(config, step, total_steps, started), world, device)
+
             evaluation = None
-            if step % eval_interval == 0 or out_of_budget:
+            if step % eval_interval == 0 or last:
+                # validate (and keep) the averaged weights, when there are any
                 with average.swapped_in() if average is not None else contextlib.nullcontext():
-                    evaluation = evaluate()
-                    history.append(evaluation)
-                    score = evaluation.val_loss if evaluation.val_loss is not None else evaluation.train_loss
-                    if score < best[0]:
-                        best = (score, start_step + step, copy.deepcopy(model.state_dict()), None)
-                        best = (*best[:3], copy.deepcopy(optimizer.state_dict()))
-                        bad_evals = 0
-                    else:
-                        bad_evals += 1
-                        if config.patience and bad_evals >= config.patience:
-                            stopped, out_of_budget = "early_stopping", True
-                model.train()
-            if (
-                rank == 0
-                and on_progress is not None
-                and (evaluation is not None or step % report_every == 0 or out_of_budget)
-            ):
-                now = time.monotonic()
-                elapsed = now - started
-                rate = (step - last_report_step) * batches.chars_per_step * world / max(now - last_report_t, 1e-9)
-                used = budget_used()
-                on_progress(
-                    Progress(
-                        epoch=epoch,
-                        epochs=config.epochs,
+                    evaluation = evaluate(
+                        model,
+                        val_ids,
+                        config,
                         step=start_step + step,
-                        total_steps=start_step + total_steps,
-                        loss=running_loss / max(running_n, 1) if evaluation is None else evaluation.train_loss,
-                        lr=lr,
-                        chars_per_s=rate,
-                        elapsed=elapsed,
-                        eta=elapsed * (1 - used) / used if used > 0 else None,
-                        evaluation=evaluation,
+                        epoch=epoch,
+                        train_loss=running.mean,
+                        started=started,
+                        should_stop=should_stop,
                     )
+                    history.append(evaluation)
+                    best.update(evaluation, model, optimizer)
+                model.train()
+                if config.patience and best.misses >= config.patience:
+                    stopped, last = "early_stopping", True
+
+            if rank == 0 and on_progress is not None and (evaluation is not None or step % report_every == 0 or last):
+                now = time.monotonic()
+                chars = (step - last_report_step) * batches.chars_per_step * world
+                progress = report(
+                    config,
+                    epoch=epoch,
+                    step=start_step + step,
+                    total_steps=start_step + total_steps,
+                    loss=running.mean,
+                    lr=lr,
+                    chars_per_s=chars / max(now - last_report_t, 1e-9),
+                    elapsed=now - started,
+                    budget_used=budget_used(config, step, total_steps, started),
+                    evaluation=evaluation,
                 )
+                on_progress(progress)
                 last_report_t, last_report_step = now, step
             if evaluation is not None:
-                running_loss, running_n = 0.0, 0
-            if out_of_budget:
-                done = True
+                running = RunningLoss()
+            if last:
                 break
-    best_loss, best_step, best_model, best_opt = best
-    if best_model is not None:
-        model.load_state_dict(best_model)
+
+    if best.model_state is not None:
+        model.load_state_dict(best.model_state)
     model.eval()
     has_val = val_ids is not None and len(val_ids) > 1
     return TrainResult(
-        final_loss=loss_value,
+        final_loss=loss,
         steps=start_step + step,
         epochs=epoch,
         seconds=time.monotonic() - started,
-        best_val_loss=best_loss if has_val and best_model is not None else None,
-        best_step=best_step,
+        best_val_loss=best.loss if has_val and best.model_state is not None else None,
+        best_step=best.step,
         stopped=stopped,
         history=history,
-        optimizer_state=best_opt if best_opt is not None else optimizer.state_dict(),
+        optimizer_state=best.optimizer_state if best.optimizer_state is not None else optimizer.state_dict(),
         first_loss=first_loss,
     )
 

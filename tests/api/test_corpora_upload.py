@@ -5,8 +5,8 @@ import asyncio
 import pytest
 from fastapi.testclient import TestClient
 
-from app.corpora import CorpusStore
 from app.main import create_app
+from app.service.corpora import CorpusStore
 from tests.conftest import make_settings
 
 TEXT = "the cat sat on the mat; le chat était sur le tapis. 猫がマットに座った。\n" * 20

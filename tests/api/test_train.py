@@ -41,7 +41,7 @@ def test_a_second_job_while_one_runs_is_409_and_completions_keep_answering(fresh
         assert r.json()["choices"][0]["text"] == "good i am fine "
         assert fresh_client.get(f"/train/{job_id}").json()["status"] in ("queued", "running")
     finally:
-        fresh_client.app.state.service.get_job(job_id).cancel.set()
+        fresh_client.app.state.service.jobs.get(job_id).cancel.set()
     assert wait_for_job(fresh_client, job_id)["status"] == "cancelled"
 
 

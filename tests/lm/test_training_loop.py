@@ -178,3 +178,34 @@ def test_training_with_a_weight_average_validates_and_keeps_the_averaged_weights
         TrainConfig(ema_decay=1.0)
     with pytest.raises(ValueError, match="precision must be fp32, bf16 or auto"):
         TrainConfig(precision="fp16")
+
+
+def test_progress_is_reported_every_few_steps_at_each_validation_and_at_the_end():
+    seen = []
+    cfg = TrainConfig(epochs=50, batch_size=4, seq_len=16, max_steps=10, eval_interval=4)
+    r = train_on_text(corpus=TEXT, hidden_size=8, config=cfg, on_progress=seen.append, report_every=3).result
+    assert [p.step for p in seen] == [3, 4, 6, 8, 9, 10]
+    assert [p.step for p in seen if p.evaluation is not None] == [e.step for e in r.history] == [4, 8, 10]
+    assert all(p.loss == p.evaluation.train_loss for p in seen if p.evaluation is not None)
+    assert r.stopped == "budget" and r.steps == 10 and seen[-1].total_steps == 10
+
+
+def test_best_keeps_the_lowest_score_and_counts_the_validations_since():
+    from app.lm.train import Best, Evaluation
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    best = Best()
+
+    def validated(step, val_loss, train_loss=1.0):
+        best.update(Evaluation(step, 1, train_loss, val_loss, None, 0.0), model, optimizer)
+
+    validated(1, 2.0)
+    with torch.no_grad():
+        model.weight.add_(1.0)  # the kept weights are a copy, not the live ones
+    validated(2, 3.0)
+    validated(3, float("nan"))  # never better
+    assert (best.loss, best.step, best.misses) == (2.0, 1, 2)
+    assert not torch.equal(best.model_state["weight"], model.weight)
+    validated(4, None, train_loss=0.5)  # without validation text the training loss is the score
+    assert (best.loss, best.step, best.misses) == (0.5, 4, 0)

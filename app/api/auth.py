@@ -7,12 +7,7 @@ import hmac
 from fastapi import Request
 
 from app.config import Settings
-from app.errors import ServiceError
-
-
-class Unauthorized(ServiceError):
-    status = 401
-    type = "unauthorized"
+from app.errors import Unauthorized
 
 
 def _presented(request: Request) -> str | None:
@@ -50,4 +45,4 @@ def check_admin(request: Request, settings: Settings) -> None:
 
 def _unauthorized(presented: str | None, what: str) -> Unauthorized:
     message = f"this route needs {what}: Authorization: Bearer <key>" if presented is None else f"wrong key for {what}"
-    return Unauthorized(message, "authorization", headers={"WWW-Authenticate": "Bearer"})
+    return Unauthorized(message, "authorization")  # app.api.errors adds WWW-Authenticate: Bearer

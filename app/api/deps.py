@@ -1,4 +1,4 @@
-"""Annotated dependencies: the running service and the settings."""
+"""Annotated dependencies: the running service (ready or not), the corpus store and the settings."""
 
 from __future__ import annotations
 
@@ -6,22 +6,22 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.auth import check_admin, check_user
+from app.api.auth import check_admin, check_user
 from app.config import Settings
-from app.corpora import CorpusStore
 from app.errors import NotReady
-from app.service import ModelService
+from app.service import Service
+from app.service.corpora import CorpusStore
 
 
-async def get_service(request: Request) -> ModelService:
+async def get_service(request: Request) -> Service:
     # async: a plain def would cost every request a hop through the thread pool
     service = getattr(request.app.state, "service", None)
     if service is None:
-        raise NotReady("the service is starting; try again shortly", headers={"Retry-After": "1"})
+        raise NotReady("the service is starting; try again shortly", retry_after=1)
     return service
 
 
-async def get_ready_service(request: Request) -> ModelService:
+async def get_ready_service(request: Request) -> Service:
     """The service, once it can serve completions; 503 with Retry-After until then (see /ready)."""
     service = await get_service(request)
     if not service.ready:
@@ -29,12 +29,12 @@ async def get_ready_service(request: Request) -> ModelService:
     return service
 
 
-def not_ready(service: ModelService) -> NotReady:
+def not_ready(service: Service) -> NotReady:
     if service.startup_error is not None:
-        return NotReady(f"the service cannot serve: {service.startup_error}", headers={"Retry-After": "30"})
+        return NotReady(f"the service cannot serve: {service.startup_error}", retry_after=30)
     if service.stopping:
-        return NotReady("the service is shutting down", headers={"Retry-After": "5"})
-    return NotReady("the model is still loading; try again shortly", headers={"Retry-After": "1"})
+        return NotReady("the service is shutting down", retry_after=5)
+    return NotReady("the model is still loading; try again shortly", retry_after=1)
 
 
 async def get_corpora(request: Request) -> CorpusStore:
@@ -54,7 +54,7 @@ async def require_admin(request: Request) -> None:
     check_admin(request, request.app.state.settings)
 
 
-ServiceDep = Annotated[ModelService, Depends(get_service)]
-ReadyServiceDep = Annotated[ModelService, Depends(get_ready_service)]
+ServiceDep = Annotated[Service, Depends(get_service)]
+ReadyServiceDep = Annotated[Service, Depends(get_ready_service)]
 CorporaDep = Annotated[CorpusStore, Depends(get_corpora)]
 SettingsDep = Annotated[Settings, Depends(app_settings)]

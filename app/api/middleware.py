@@ -10,7 +10,8 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import TooLarge, envelope
+from app.api.errors import error_response
+from app.errors import TooLarge
 from app.metrics import Metrics
 
 log = logging.getLogger("app.access")
@@ -161,11 +162,7 @@ async def drain_body(receive: Receive, max_bytes: int, seconds: float = DRAIN_SE
 
 async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
     # Connection: close, as the body may not have been read to its end
-    response = envelope(
-        TooLarge.status,
-        TooLarge.type,
-        f"request body over the limit of {limit} bytes",
-        "body",
-        headers={"Connection": "close"},
+    response = error_response(
+        TooLarge(f"request body over the limit of {limit} bytes", "body"), headers={"Connection": "close"}
     )
     await response(scope, receive, send)

@@ -1,0 +1,186 @@
+"""One decoding step of a CharRNN, rearranged for speed: a table lookup, fused products and no sequence machinery."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from app.lm.model import CharRNN
+
+
+@dataclass(frozen=True)
+class DecodeWeights:
+    """A model's weights as step() uses them, for one dtype of the matrix products.
+
+    G is the number of gates (rnn 1, lstm 4, gru 3); per-layer tuples are indexed by layer.
+    An LSTM's cell-input (g) rows come doubled: step() takes their tanh as 2 sigmoid(2x) - 1.
+    """
+
+    input_table: torch.Tensor  # (V, G*H) float32: layer 0's input projection, biases included
+    w_hh: tuple[torch.Tensor, ...]  # (H, G*H) in dtype: the recurrent matrices, transposed
+    w_ih: tuple[torch.Tensor, ...]  # (I, G*H) in dtype: the input matrices, transposed
+    b_ih: tuple[torch.Tensor, ...]  # (G*H,) float32
+    b_hh: tuple[torch.Tensor, ...]  # (G*H,) float32
+    w_cat: tuple[torch.Tensor | None, ...]  # (H+H, G*H) in dtype: [W_ih W_hh] of layers >= 1; None for layer 0
+    bias: tuple[torch.Tensor | None, ...]  # (G*H,) float32: b_ih + b_hh of layers >= 1; None for layer 0
+    fc: torch.Tensor  # (H, V) float32: the output layer, transposed
+    # the matrices' values again in float32 (the same tensors when dtype is float32): a one-row
+    # step multiplies these, faster than a bf16 product and rounded to the same result
+    w_hh_rounded: tuple[torch.Tensor, ...]
+    w_ih_rounded: tuple[torch.Tensor, ...]
+    w_cat_rounded: tuple[torch.Tensor | None, ...]
+
+
+@dataclass
+class _Cache:
+    params: list[nn.Parameter]  # the Parameter objects live as long as the model; their values may change
+    key: tuple = ()  # every parameter's (_version..., data_ptr...) when `weights` were built
+    weights: dict[torch.dtype, DecodeWeights] = field(default_factory=dict)
+
+
+# per model, dropped with it; a model's own attributes stay its parameters and buffers
+_caches: weakref.WeakKeyDictionary[CharRNN, _Cache] = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def step(
+    model: CharRNN, ids: torch.Tensor, state: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoding step for a batch: ids (B,) + state (R, B, H) -> logits (B, V) + new state.
+
+    Same maths as model.forward() with T=1, rearranged for speed (see decode_weights): the
+    first layer's input projection is a table lookup, deeper layers use one fused matrix
+    product per layer, and nn.RNN's sequence machinery (and oneDNN's slow small-batch path)
+    is skipped.
+
+    `dtype` is what the recurrent matrix products run in. bfloat16 is several times faster
+    on CPUs with AVX512-BF16 or AMX (and on GPUs): weights, the products' inputs and their
+    results are rounded to bfloat16 (sums are accumulated in float32); biases, gates, the
+    state and the logits stay float32. Each row's result depends only on that row, batched or not.
+    """
+    cfg = model.config
+    w = decode_weights(model, dtype)
+    hidden = cfg.hidden_size
+    layers = cfg.num_layers
+    new_h, new_c = [], []
+    x_proj = w.input_table[ids]  # (B, G*H): layer 0's input projection, bias included
+    x = x_proj  # each later layer's input is the previous layer's output
+    for layer in range(layers):
+        h = state[layer]  # (B, H)
+        if layer > 0:  # input and recurrent products in one matrix multiply
+            gates = _product(w.bias[layer], torch.cat((x, h), dim=1), w.w_cat[layer], w.w_cat_rounded[layer])
+        elif cfg.cell == "gru":
+            gates = x_proj
+        else:
+            gates = _product(x_proj, h, w.w_hh[0], w.w_hh_rounded[0])  # (B, G*H)
+        if cfg.cell == "lstm":
+            h, c = _lstm_cell(gates, state[layers + layer], hidden)
+            new_c.append(c)
+        elif cfg.cell == "gru":
+            # the reset gate scales only the recurrent part of the candidate: keep them apart
+            x_part = gates if layer == 0 else _product(w.b_ih[layer], x, w.w_ih[layer], w.w_ih_rounded[layer])
+            h_part = _product(w.b_hh[layer], h, w.w_hh[layer], w.w_hh_rounded[layer])
+            h = _gru_cell(x_part, h_part, h, hidden)
+        else:
+            h = gates.tanh()
+        new_h.append(h)
+        x = h
+    logits = torch.addmm(model.fc.bias, x, w.fc)  # (B, V): small, always float32
+    return logits, torch.stack(new_h + new_c)  # (R, B, H)
+
+
+def _product(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
+    """bias + x @ weight in float32, the product computed in weight's dtype (`rounded`: its values in float32)."""
+    dtype = weight.dtype
+    if dtype == torch.float32:
+        return torch.addmm(bias, x, weight)
+    if x.shape[0] == 1:  # one row: the same bf16 values multiplied in float32 are faster, then
+        # rounded to bf16 as the bf16 product is, so that a row's result does not depend on its batch
+        return bias.add(torch.mm(x.to(dtype).float(), rounded).to(dtype))
+    return bias.add(torch.mm(x.to(dtype), weight))  # a bf16 result; the add promotes to float32
+
+
+def _lstm_cell(gates: torch.Tensor, c: torch.Tensor, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """gates (B, 4H) with doubled cell-input columns + cell state (B, H) -> new h, new c."""
+    # tanh(x) = 2 sigmoid(2x) - 1: torch's CPU tanh costs several times its sigmoid, and the
+    # cell-input columns come pre-doubled (decode_weights), so one sigmoid covers all four
+    # gates: act = [i, f, sigmoid(2 g~), o]
+    act = gates.sigmoid()
+    i, f, o = act[:, :hidden], act[:, hidden : 2 * hidden], act[:, 3 * hidden :]
+    # c = f c' + i g = (f c' - i) + 2 i sigmoid(2 g~)
+    c = torch.addcmul(torch.addcmul(i.neg(), f, c), i, act[:, 2 * hidden : 3 * hidden], value=2.0)
+    h = torch.addcmul(o.neg(), o, torch.sigmoid(c + c), value=2.0)  # o tanh(c)
+    return h, c
+
+
+def _gru_cell(x_part: torch.Tensor, h_part: torch.Tensor, h: torch.Tensor, hidden: int) -> torch.Tensor:
+    """Input and recurrent projections (B, 3H) + hidden state (B, H) -> new hidden state."""
+    rz = (x_part[:, : 2 * hidden] + h_part[:, : 2 * hidden]).sigmoid()
+    r, z = rz[:, :hidden], rz[:, hidden:]
+    n = torch.addcmul(x_part[:, 2 * hidden :], r, h_part[:, 2 * hidden :]).tanh()
+    return n + z * (h - n)
+
+
+def decode_weights(model: CharRNN, dtype: torch.dtype = torch.float32) -> DecodeWeights:
+    """The model's weights rearranged for step(), cached per dtype and rebuilt whenever any
+    parameter has changed (in place, or moved to other memory)."""
+    cache = _caches.get(model)
+    if cache is None:
+        cache = _caches[model] = _Cache(list(model.parameters()))
+    key = tuple(p._version for p in cache.params) + tuple(p.data_ptr() for p in cache.params)
+    if cache.key != key:
+        cache.key, cache.weights = key, {}
+    if dtype not in cache.weights:
+        cache.weights[dtype] = _build(model, dtype)
+    return cache.weights[dtype]
+
+
+def _build(model: CharRNN, dtype: torch.dtype) -> DecodeWeights:
+    """Layer 0's input is one of V characters, so its input projection (embedding or one-hot
+    times W_ih, plus the bias) is precomputed as a (V, G*H) table: a lookup replaces that
+    matrix product. The recurrent matrices are stored in `dtype`; tables, biases and the
+    output layer stay float32."""
+    cfg = model.config
+    scale = None  # per gate row
+    if cfg.cell == "lstm":  # double the cell-input (g) rows: step() takes its tanh as 2 sigmoid(2x) - 1
+        scale = torch.ones(4 * cfg.hidden_size, device=model.fc.weight.device)
+        scale[2 * cfg.hidden_size : 3 * cfg.hidden_size] = 2.0  # a power of two: exact in any float format
+
+    def get(name: str, layer: int) -> torch.Tensor:
+        t = getattr(model.rnn, f"{name}_l{layer}").detach()
+        if scale is None:
+            return t
+        return t * (scale[:, None] if t.dim() == 2 else scale)
+
+    def matrix(m: torch.Tensor) -> torch.Tensor:
+        return m.t().contiguous().to(dtype)
+
+    inputs = model.embed.weight.detach() if cfg.encoding == "embedding" else model.one_hot  # (V, I)
+    table = inputs @ get("weight_ih", 0).t() + get("bias_ih", 0)  # (V, G*H)
+    if cfg.cell != "gru":
+        table = table + get("bias_hh", 0)
+    layers = range(cfg.num_layers)
+    deeper = range(1, cfg.num_layers)
+    w_hh = tuple(matrix(get("weight_hh", k)) for k in layers)
+    w_ih = tuple(matrix(get("weight_ih", k)) for k in layers)
+    w_cat = (None,) + tuple(matrix(torch.cat((get("weight_ih", k), get("weight_hh", k)), dim=1)) for k in deeper)
+    return DecodeWeights(
+        input_table=table.contiguous(),
+        w_hh=w_hh,
+        w_ih=w_ih,
+        b_ih=tuple(get("bias_ih", k) for k in layers),
+        b_hh=tuple(get("bias_hh", k) for k in layers),
+        w_cat=w_cat,
+        bias=(None,) + tuple(get("bias_ih", k) + get("bias_hh", k) for k in deeper),
+        fc=model.fc.weight.detach().t(),
+        w_hh_rounded=_in_float32(w_hh),
+        w_ih_rounded=_in_float32(w_ih),
+        w_cat_rounded=_in_float32(w_cat),
+    )
+
+
+def _in_float32(matrices: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...]:
+    return tuple(m.float() if m is not None else None for m in matrices)  # float32 ones are returned as they are

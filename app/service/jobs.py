@@ -1,0 +1,214 @@
+"""Training jobs: one at a time, on a thread of its own, with progress callers can follow and cancel."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import torch
+
+from app.errors import Conflict, InvalidInput, NotFound
+from app.lm.data import minimum_corpus_chars
+from app.lm.store import Checkpoint, InvalidModelName, ModelStore
+from app.lm.train import Evaluation, Progress, Trained, TrainingCancelled, TrainingDiverged
+from app.metrics import Metrics
+from app.service.training import TrainSpec, run_training
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class TrainingJob:
+    job_id: str
+    name: str
+    spec: TrainSpec
+    status: str = "queued"  # queued | running | succeeded | failed | cancelled
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    total_steps: int = 0
+    loss: float | None = None  # training loss (mean since the last report)
+    val_loss: float | None = None  # latest validation loss (nats per character)
+    val_bpc: float | None = None
+    best_val_loss: float | None = None
+    lr: float | None = None
+    chars_per_s: float | None = None
+    elapsed: float = 0.0
+    eta: float | None = None
+    history: list[dict] = field(default_factory=list)  # one entry per validation
+    error: str | None = None
+    created_at: str = field(default_factory=_now)
+    finished_at: str | None = None
+    version: int = 0  # bumped on every change, for the progress stream
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("succeeded", "failed", "cancelled")
+
+    def record(self, p: Progress) -> None:
+        """Takes in one progress report of the training loop."""
+        self.epoch, self.step, self.total_steps, self.loss = p.epoch, p.step, p.total_steps, p.loss
+        self.lr, self.chars_per_s, self.elapsed, self.eta = p.lr, p.chars_per_s, p.elapsed, p.eta
+        if p.evaluation is not None:
+            self._record_evaluation(p.evaluation)
+        self.version += 1
+
+    def _record_evaluation(self, e: Evaluation) -> None:
+        self.val_loss, self.val_bpc = e.val_loss, e.val_bpc
+        if e.val_loss is not None and (self.best_val_loss is None or e.val_loss < self.best_val_loss):
+            self.best_val_loss = e.val_loss
+        self.history.append(
+            {
+                "step": e.step,
+                "epoch": e.epoch,
+                "train_loss": e.train_loss,
+                "val_loss": e.val_loss,
+                "val_bpc": e.val_bpc,
+                "elapsed": round(e.elapsed, 3),
+            }
+        )
+
+
+class TrainingJobs:
+    """The job registry: at most one job runs; the last `max_kept` finished ones are remembered."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        device: torch.device,
+        metrics: Metrics,
+        max_kept: int,
+        on_trained: Callable[[Checkpoint], None],
+    ):
+        self.store = store
+        self.device = device
+        self.metrics = metrics
+        self.max_kept = max_kept
+        self.on_trained = on_trained  # called with the saved model of a job that asked to activate it
+        self._jobs: OrderedDict[str, TrainingJob] = OrderedDict()
+        self._lock = threading.Lock()
+        self._running: TrainingJob | None = None
+        self._thread: threading.Thread | None = None
+
+    def submit(self, spec: TrainSpec) -> TrainingJob:
+        """Checks what can be checked up front, then starts the job (409 while another runs)."""
+        self._check(spec)
+        with self._lock:
+            if self._running is not None and not self._running.done:
+                raise Conflict(f"training job {self._running.job_id} is still running; one job runs at a time")
+            job = TrainingJob(job_id=uuid.uuid4().hex, name=spec.name, spec=spec, epochs=spec.train_config().epochs)
+            self._jobs[job.job_id] = job
+            while len(self._jobs) > self.max_kept:
+                self._jobs.popitem(last=False)
+            self._running = job
+            self._thread = threading.Thread(target=self._run, args=(job,), name=f"train-{job.job_id[:8]}")
+            self._thread.start()
+        return job
+
+    def _check(self, spec: TrainSpec) -> None:
+        try:
+            exists = self.store.exists(spec.name)
+            if spec.resume_from is not None and not self.store.exists(spec.resume_from):
+                raise NotFound(f"no model named {spec.resume_from!r} to resume from", "resume_from")
+        except InvalidModelName as exc:
+            raise InvalidInput(str(exc), "name") from None
+        if spec.corpus_chars is not None:
+            config = spec.train_config()
+            needed = minimum_corpus_chars(config.batch_size, config.val_fraction)
+            if spec.corpus_chars < needed:
+                raise InvalidInput(
+                    f"corpus: {spec.corpus_chars} characters is too short for one training window with "
+                    f"batch_size {config.batch_size} and val_fraction {config.val_fraction} (needs at least "
+                    f"{needed}); send more text or lower batch_size",
+                    "corpus" if spec.corpus is not None else "corpus_id",
+                )
+        if exists and not spec.overwrite and spec.resume_from != spec.name:
+            raise Conflict(f"a model named {spec.name!r} already exists; set overwrite to replace it", "name")
+
+    def get(self, job_id: str) -> TrainingJob:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no training job {job_id!r}", "job_id")
+        return job
+
+    def cancel(self, job_id: str) -> TrainingJob:
+        job = self.get(job_id)
+        if not job.done:
+            job.cancel.set()
+        return job
+
+    def user_of(self, model_name: str) -> str | None:
+        """The running job that reads or writes this model, if any (for refusing its deletion)."""
+        job = self._running
+        if job is not None and not job.done and model_name in (job.spec.name, job.spec.resume_from):
+            return f"training job {job.job_id}"
+        return None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancels the running job and waits for its thread."""
+        job = self._running
+        if job is not None:
+            job.cancel.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _on_progress(self, job: TrainingJob, p: Progress) -> None:
+        job.record(p)
+        if p.total_steps:
+            self.metrics.training_progress.set(p.step / p.total_steps)
+
+    def _run(self, job: TrainingJob) -> None:
+        spec = job.spec
+        job.status = "running"
+        job.version += 1
+        log.info("training job %s started: model %r from %s", job.job_id, spec.name, spec.source)
+        try:
+            trained, meta = run_training(
+                spec, self.store, self.device, lambda p: self._on_progress(job, p), job.cancel.is_set
+            )
+            if spec.activate:
+                self.store.set_active(spec.name)
+                self.on_trained(Checkpoint(spec.name, trained.model, trained.vocab, meta or {}))
+            job.status = "succeeded"
+            _log_success(job, trained)
+        except TrainingCancelled:
+            job.status = "cancelled"
+            log.info("training job %s cancelled; nothing was saved", job.job_id)
+        except TrainingDiverged as exc:
+            job.status, job.error = "failed", str(exc)
+            log.warning("training job %s failed: %s", job.job_id, exc)
+        except (ValueError, UnicodeDecodeError) as exc:  # the text or settings cannot be trained on
+            job.status, job.error = "failed", str(exc)
+            log.warning("training job %s failed: %s", job.job_id, exc)
+        except OSError as exc:  # the message names no path (the log does)
+            job.status, job.error = "failed", f"{type(exc).__name__}: {exc.strerror or 'I/O error'}"
+            log.warning("training job %s failed: %s", job.job_id, exc)
+        except Exception as exc:  # a failed job must never take the service down
+            job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("training job %s failed", job.job_id)
+        finally:
+            job.finished_at = _now()
+            job.version += 1
+            self.metrics.training_jobs.labels(job.status).inc()
+            self.metrics.training_progress.set(0)
+
+
+def _log_success(job: TrainingJob, trained: Trained) -> None:
+    r = trained.result
+    log.info(
+        "training job %s succeeded: %d steps in %.1fs, best validation loss %s",
+        job.job_id,
+        r.steps,
+        r.seconds,
+        r.best_val_loss,
+    )

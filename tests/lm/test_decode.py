@@ -1,0 +1,77 @@
+"""The decoding step: the same maths as forward(), in float32 or bfloat16, with weights kept up to date."""
+
+import pytest
+import torch
+
+from app.lm.decode import DecodeWeights, decode_weights, step
+from app.lm.model import CharRNN, ModelConfig
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("encoding", ["one_hot", "embedding"])
+def test_single_step_matches_forward(cell, encoding):
+    cfg = ModelConfig(vocab_size=9, cell=cell, hidden_size=8, num_layers=3, encoding=encoding)
+    model = CharRNN(cfg).eval()
+    ids = torch.randint(0, 9, (4, 6))
+    logits, state = model(ids)
+    _, s = model(ids[:, :5])
+    step_logits, step_state = step(model, ids[:, 5], s)
+    torch.testing.assert_close(step_logits, logits[:, -1])
+    torch.testing.assert_close(step_state, state)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_bfloat16_step_stays_close_to_float32_and_keeps_state_in_float32(cell):
+    cfg = ModelConfig(vocab_size=30, cell=cell, hidden_size=64, num_layers=2, encoding="embedding")
+    torch.manual_seed(0)
+    model = CharRNN(cfg).eval()
+    ids = torch.randint(1, 30, (5, 40))
+    s32 = s16 = model.init_state(5)
+    for t in range(ids.shape[1]):  # 40 steps: rounding must not build up through the carried state
+        l32, s32 = step(model, ids[:, t], s32)
+        l16, s16 = step(model, ids[:, t], s16, torch.bfloat16)
+    assert l16.dtype == s16.dtype == torch.float32
+    assert (l16 - l32).abs().max() < 0.05
+    assert (s16 - s32).abs().max() < 0.05
+    assert not torch.equal(l16, l32)  # the products did run in bfloat16
+
+
+def test_bfloat16_step_gives_a_row_the_same_result_alone_or_batched():
+    cfg = ModelConfig(vocab_size=30, cell="lstm", hidden_size=128, num_layers=2, encoding="embedding")
+    torch.manual_seed(1)
+    model = CharRNN(cfg).eval()
+    ids = torch.randint(1, 30, (64,))
+    state = torch.randn(cfg.state_rows, 64, 128) * 0.5
+    batched, batched_state = step(model, ids, state, torch.bfloat16)
+    for row in (0, 17, 63):
+        alone, alone_state = step(model, ids[row : row + 1], state[:, row : row + 1].contiguous(), torch.bfloat16)
+        torch.testing.assert_close(alone[0], batched[row], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(alone_state[:, 0], batched_state[:, row], rtol=1e-5, atol=1e-5)
+
+
+def test_decode_weights_follow_parameter_updates_in_every_dtype():
+    cfg = ModelConfig(vocab_size=10, cell="lstm", hidden_size=16, num_layers=2, encoding="embedding")
+    model = CharRNN(cfg).eval()
+    ids, state = torch.tensor([3]), model.init_state(1)
+    before = {dt: step(model, ids, state, dt)[0] for dt in (torch.float32, torch.bfloat16)}
+    with torch.no_grad():
+        model.rnn.weight_hh_l1.add_(0.5)
+        model.fc.bias.add_(1.0)
+    for dt, old in before.items():
+        assert not torch.allclose(step(model, ids, state, dt)[0], old)
+
+
+def test_decode_weights_are_cached_per_dtype_until_a_parameter_changes():
+    cfg = ModelConfig(vocab_size=10, cell="gru", hidden_size=16, num_layers=2)
+    model = CharRNN(cfg).eval()
+    w32, w16 = decode_weights(model), decode_weights(model, torch.bfloat16)
+    assert isinstance(w32, DecodeWeights) and w32.w_cat[0] is None and w32.w_cat[1].dtype == torch.float32
+    assert w16.w_hh[0].dtype == torch.bfloat16 and w16.w_hh_rounded[0].dtype == torch.float32
+    assert w32.w_hh_rounded[0] is w32.w_hh[0]  # float32 values are their own rounding: no copy
+    assert decode_weights(model) is w32 and decode_weights(model, torch.bfloat16) is w16
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)  # in place: a new _version
+    assert decode_weights(model) is not w32
+    rebuilt = decode_weights(model)
+    model.fc.weight.data = model.fc.weight.data.clone()  # other memory: a new data_ptr
+    assert decode_weights(model) is not rebuilt
