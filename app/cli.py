@@ -7,21 +7,18 @@ Training also runs under torchrun (DistributedDataParallel), for example
 from __future__ import annotations
 
 import argparse
-import inspect
-import io
 import json
 import logging
 import math
 import os
 import re
 import sys
-import textwrap
-import tokenize
-from dataclasses import MISSING, fields
+from dataclasses import MISSING
 from pathlib import Path
 
 from app.config import Settings, get_settings
 from app.lm.device import DeviceUnavailable, resolve_device
+from app.lm.settings import settings_of
 from app.lm.store import CorruptCheckpoint, InvalidModelName, StoreError, validate_name
 from app.lm.train import TrainingDiverged
 
@@ -302,39 +299,13 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _field_notes(cls) -> dict[str, str]:
-    """The comment beside each field of a dataclass, by field name: those comments document the
-    settings, so --help shows them rather than a second copy."""
-    try:
-        source = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):  # no source to read (a frozen build): help without descriptions
-        return {}
-    notes: dict[str, str] = {}
-    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    name = None
-    for tok, following in zip(tokens, tokens[1:], strict=False):
-        if tok.type == tokenize.NAME and tok.start[1] == 4 and following.string == ":":  # `    name: type = ...`
-            name = tok.string
-        elif tok.type == tokenize.COMMENT and name is not None:
-            notes.setdefault(name, tok.string.lstrip("#").strip())
-        elif tok.type == tokenize.NEWLINE:
-            name = None
-    return notes
+def _helps(cls) -> dict[str, str]:
+    """What each setting of a dataclass does, as declared with it (app/lm/settings.py)."""
+    return {setting.name: setting.help for setting in settings_of(cls)}
 
 
-# where the comment beside a field says why rather than what, --help says what first
-WHAT = {
-    "cell": "recurrent cell",
-    "hidden_size": "size of each layer's hidden state",
-    "dropout": "dropout probability",
-    "encoding": "input encoding",
-    "temperature": "sampling temperature",
-}
-
-
-def _describe(notes: dict[str, str], name: str) -> str:
-    note = _as_flags(notes.get(name, ""))
-    return "; ".join(part for part in (WHAT.get(name), note) if part).replace("%", "%%")  # argparse formats help
+def _describe(helps: dict[str, str], name: str) -> str:
+    return _as_flags(helps.get(name, "")).replace("%", "%%")  # argparse formats help
 
 
 def _defaults(for_corpus, for_sentences) -> str:
@@ -344,30 +315,27 @@ def _defaults(for_corpus, for_sentences) -> str:
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    """One option per setting of ModelConfig and TrainConfig, described by the comments beside the
-    fields, with the defaults for a corpus and for sentences from app.lm.default."""
+    """One option per setting of ModelConfig and TrainConfig, described as declared (app/lm/settings.py),
+    with the defaults for a corpus and for sentences from app.lm.default."""
     from app.lm import default
-    from app.lm.model import CELLS, ENCODINGS, ModelConfig
+    from app.lm.model import ARCHITECTURE, ModelConfig
     from app.lm.train import TrainConfig
-    from app.service.training import MODEL_FIELDS
 
-    choices = {"cell": list(CELLS), "encoding": list(ENCODINGS)}
     for cls, corpus, sentences in (
         (ModelConfig, default.CORPUS_MODEL, default.SENTENCE_MODEL),
         (TrainConfig, default.CORPUS_TRAIN.to_json(), default.SENTENCE_TRAIN.to_json()),
     ):
-        notes = _field_notes(cls)
         group = p.add_argument_group(f"{'model' if cls is ModelConfig else 'training'} settings")
-        for f in fields(cls):
-            if cls is ModelConfig and f.name not in MODEL_FIELDS:
+        for setting in settings_of(cls):
+            if cls is ModelConfig and setting.name not in ARCHITECTURE:
                 continue
-            fallback = None if f.default is MISSING else f.default
-            defaults = _defaults(corpus.get(f.name, fallback), sentences.get(f.name, fallback))
+            fallback = None if setting.default is MISSING else setting.default
+            defaults = _defaults(corpus.get(setting.name, fallback), sentences.get(setting.name, fallback))
             group.add_argument(
-                "--" + f.name.replace("_", "-"),
-                type=type(f.default),
-                choices=choices.get(f.name),
-                help=f"{_describe(notes, f.name)} ({defaults})",
+                "--" + setting.name.replace("_", "-"),
+                type=setting.type,
+                choices=list(setting.choices) if setting.choices else None,
+                help=f"{_as_flags(setting.help).replace('%', '%%')} ({defaults})",
             )
 
 
@@ -424,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=train)
 
     sampling = SamplingParams()
-    notes = _field_notes(SamplingParams)
+    notes = _helps(SamplingParams)
     p = command("complete", "complete a prefix with a stored model", [common])
     p.add_argument("prefix", help="the text to continue")
     p.add_argument("--model", type=_model_name, help="a stored model (default: the active model)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,15 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from app.devserver import Server
+from app.lm import default
+from app.lm.generate import SamplingParams, generate
+from app.lm.model import CharRNN, ModelConfig
+from app.lm.train import build_model, train_on_text
+from app.lm.vocab import Vocab
 
-from app.lm import default  # noqa: E402
-from app.lm.generate import SamplingParams, generate  # noqa: E402
-from app.lm.model import CharRNN, ModelConfig  # noqa: E402
-from app.lm.train import build_model, train_on_text  # noqa: E402
-from app.lm.vocab import Vocab  # noqa: E402
-from tests.server import Server  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def tutorial_sample(model: CharRNN, vocab: Vocab, out_len: int, start: str) -> str:

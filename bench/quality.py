@@ -11,13 +11,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from app.lm import default
+from app.lm.generate import SamplingParams, generate
+from app.lm.score import score_text
+from app.lm.train import train_on_text
 
-from app.lm import default  # noqa: E402
-from app.lm.generate import SamplingParams, generate  # noqa: E402
-from app.lm.score import score_text  # noqa: E402
-from app.lm.train import train_on_text  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CORPORA = ROOT.parent / "shared" / "corpora"
 

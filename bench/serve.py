@@ -20,14 +20,13 @@ import httpx
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from app.devserver import Server
+from app.lm.model import ModelConfig
+from app.lm.store import ModelStore
+from app.lm.train import build_model
+from app.lm.vocab import Vocab
 
-from app.lm.model import ModelConfig  # noqa: E402
-from app.lm.store import ModelStore  # noqa: E402
-from app.lm.train import build_model  # noqa: E402
-from app.lm.vocab import Vocab  # noqa: E402
-from tests.server import Server  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("bench.serve")
 

@@ -7,7 +7,6 @@ import asyncio
 import json
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -15,10 +14,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from app.devserver import Server
 
-from tests.server import Server  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PROBE = {"prefix": "good", "max_new_chars": 11}  # greedy: one text per model, whatever else runs
 

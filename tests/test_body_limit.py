@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.server import Server
+from app.devserver import Server
 
 pytestmark = pytest.mark.server
 

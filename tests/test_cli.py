@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from app import cli
+from app.devserver import ROOT
 from app.service.training import MODEL_FIELDS, TRAIN_FIELDS
-from tests.server import ROOT
 
 CORPUS = "to be or not to be, that is the question. " * 60
 TINY = ["--device", "cpu", "--quiet", "--hidden-size", "16", "--num-layers", "1", "--batch-size", "4",

@@ -9,13 +9,13 @@ import textwrap
 
 import pytest
 
+from app.devserver import ROOT
 from app.lm.model import ModelConfig
 from app.lm.store import ModelStore
 from app.lm.train import build_model
 from app.lm.vocab import Vocab
 from app.main import create_app
 from tests.conftest import make_settings, serving, wait_for, wait_for_job
-from tests.server import ROOT
 
 
 def saved(store: ModelStore, name: str, text: str = "hello world") -> None:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.server import Server
+from app.devserver import Server
 
 pytestmark = pytest.mark.server
 EXAMPLES_PER_OPERATION = 50

@@ -3,7 +3,7 @@
 import openai
 import pytest
 
-from tests.server import Server
+from app.devserver import Server
 
 pytestmark = pytest.mark.server
 

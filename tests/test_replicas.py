@@ -5,8 +5,8 @@ import threading
 import httpx
 import pytest
 
+from app.devserver import Server
 from tests.conftest import wait_for
-from tests.server import Server
 
 pytestmark = pytest.mark.server
 

@@ -6,8 +6,8 @@ import re
 import httpx
 import pytest
 
+from app.devserver import Server
 from tests.conftest import wait_for
-from tests.server import Server
 from tests.sse import parse_events
 
 pytestmark = pytest.mark.server

@@ -12,9 +12,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from app.devserver import ROOT, Server, free_port
 from app.main import StartupError, create_app
 from tests.conftest import make_settings, serving, wait_for, wait_for_job
-from tests.server import ROOT, Server, free_port
 
 
 def test_first_start_trains_and_saves_then_a_restart_loads_without_training(tmp_path, caplog):

@@ -16,17 +16,23 @@ from app.errors import ServiceError
 
 router = APIRouter(prefix="/corpora", tags=["training"], route_class=StrictJSONRoute)
 
+# What app/service/corpora.py keeps: UTF-8 text of at least 3 characters, not all whitespace (the
+# pattern: some character Python's str.strip() keeps; \s differs between regex dialects on \x1c-\x1f).
+# Not `format: binary`, which says any bytes would do.
+CORPUS_TEXT = {
+    "type": "string",
+    "minLength": 3,
+    "pattern": r"[^\s\x1c-\x1f]",
+    "description": "The UTF-8 text: at least 3 characters, not only whitespace.",
+}
 UPLOAD_BODY = {
     "required": True,
     "content": {
-        "text/plain": {"schema": {"type": "string"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "text/plain": {"schema": CORPUS_TEXT},
+        "application/octet-stream": {"schema": CORPUS_TEXT},
         "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {"file": {"type": "string", "format": "binary", "description": "The UTF-8 text."}},
-                "required": ["file"],
-            }
+            "schema": {"type": "object", "properties": {"file": CORPUS_TEXT}, "required": ["file"]},
+            "encoding": {"file": {"contentType": "text/plain"}},
         },
     },
 }

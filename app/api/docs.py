@@ -10,6 +10,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import BaseModel
+
+from app.api import schemas as api_schemas
+from app.config import Settings
 
 ASSETS_URL = "/docs-assets"
 ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"  # swagger-ui-dist and redoc, as released
@@ -61,9 +65,62 @@ async def home(request: Request) -> RedirectResponse:
     return RedirectResponse(request.scope.get("root_path", "") + "/docs", status_code=307)
 
 
+ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+BODY_ERRORS = {
+    "413": "The body is larger than the limit.",
+    "415": "The body is not sent as application/json.",
+}
+
+
+def settings_bounds(settings: Settings) -> dict[tuple[str, str], dict[str, int]]:
+    """Limits the settings put on request fields (checked in app/api/protocol.py and the routes):
+    (model, field) -> maxLength for each string in the field, maximum for each integer."""
+    prompt, new, n, stop = settings.max_prefix_chars, settings.max_new_chars, settings.max_n, settings.max_stop_chars
+    return {
+        ("CompleteRequest", "prefix"): {"maxLength": prompt},
+        ("CompleteRequest", "max_new_chars"): {"maximum": new},
+        ("CompleteRequest", "n"): {"maximum": n},
+        ("CompleteRequest", "stop"): {"maxLength": stop},
+        ("OpenAICompletionRequest", "prompt"): {"maxLength": prompt},
+        ("OpenAICompletionRequest", "max_tokens"): {"maximum": new},
+        ("OpenAICompletionRequest", "n"): {"maximum": n},
+        ("OpenAICompletionRequest", "stop"): {"maxLength": stop},
+        ("ScoreRequest", "text"): {"maxLength": settings.max_score_chars},
+    }
+
+
+def _bound(node: dict, keyword: str, value: int) -> None:
+    """Puts keyword on each string (maxLength) or integer (maximum) schema in node, through anyOf and items."""
+    if node.get("type") == ("string" if keyword == "maxLength" else "integer"):
+        node[keyword] = min(value, node.get(keyword, value))
+    for sub in [*node.get("anyOf", []), node.get("items")]:
+        if isinstance(sub, dict):
+            _bound(sub, keyword, value)
+
+
+NUMBER_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+
+
+def _exact_numbers(node: object, exact: object) -> None:
+    """FastAPI's OpenAPI model holds bounds as floats (2**63 - 1 becomes 2**63, 0 becomes 0.0): put back
+    the numbers pydantic wrote."""
+    if isinstance(node, dict) and isinstance(exact, dict):
+        for key, value in exact.items():
+            if key not in node:
+                continue
+            if key in NUMBER_KEYWORDS and isinstance(value, int) and not isinstance(value, bool):
+                node[key] = value
+            else:
+                _exact_numbers(node[key], value)
+    elif isinstance(node, list) and isinstance(exact, list) and len(node) == len(exact):
+        for item, exact_item in zip(node, exact, strict=True):
+            _exact_numbers(item, exact_item)
+
+
 def install_openapi(app: FastAPI) -> None:
     """/openapi.json states what the server really answers: every error is the one envelope
-    (ErrorResponse), including the 422 that FastAPI would otherwise document in its own shape."""
+    (ErrorResponse), including the 422 that FastAPI would otherwise document in its own shape; the
+    413 and 415 every JSON body may get; the limits the settings put on fields; exact integer bounds."""
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -74,11 +131,21 @@ def install_openapi(app: FastAPI) -> None:
                     if invalid is not None and "HTTPValidationError" in str(invalid):
                         op["responses"]["422"] = {
                             "description": "Invalid input: the message and `param` name the field at fault.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                            "content": ERROR_REF,
                         }
+                    if "application/json" in op.get("requestBody", {}).get("content", {}):
+                        for status, description in BODY_ERRORS.items():
+                            op["responses"].setdefault(status, {"description": description, "content": ERROR_REF})
             components = schema.get("components", {}).get("schemas", {})
             for unused in ("HTTPValidationError", "ValidationError"):
                 components.pop(unused, None)
+            for name, component in components.items():
+                model = getattr(api_schemas, name, None)
+                if isinstance(model, type) and issubclass(model, BaseModel):
+                    _exact_numbers(component, model.model_json_schema(ref_template="#/components/schemas/{model}"))
+            for (name, field), bounds in settings_bounds(app.state.settings).items():
+                for keyword, value in bounds.items():
+                    _bound(components[name]["properties"][field], keyword, value)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -82,6 +82,15 @@ def _describe(error: dict) -> dict:
     }
 
 
+def _most_telling(details: list[dict]) -> dict:
+    """The error to name first. A field of several types (a string or a list) gets an error from
+    each: "should be a valid string" from the type the value is not says less than the other's
+    ("List should have at most 1 item")."""
+    field = (details[0]["param"] or "").split(".")[0]
+    same_field = [d for d in details if (d["param"] or "").split(".")[0] == field]
+    return next((d for d in same_field if not str(d["type"]).endswith("_type")), details[0])
+
+
 def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     """Every method some route serves at this path (Starlette's 405 names only the first route's)."""
     return sorted(
@@ -100,7 +109,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [_describe(e) for e in exc.errors()]
-        first = details[0] if details else {"param": None, "message": "invalid request"}
+        first = _most_telling(details) if details else {"param": None, "message": "invalid request"}
         where = first["param"] or "request body"
         message = f"{where}: {first['message']}"
         if len(details) > 1:

@@ -7,6 +7,7 @@ option is added in one place (plus its field in each wire format, app/api/schema
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from app.api.schemas import CompleteRequest, OpenAICompletionRequest
@@ -54,6 +55,8 @@ def completion_request(
         raise InvalidInput(f"n: at most {settings.max_n}", "n")
     if any(len(s) > settings.max_stop_chars for s in stop):
         raise InvalidInput(f"stop: each stop string may have at most {settings.max_stop_chars} characters", "stop")
+    # top_p 0 (the API allows it: 1e-400 reads as 0.0) keeps only the likeliest character, as the least float does
+    top_p = max(top_p, math.ulp(0.0))
     params = SamplingParams(max_new_chars=max_new, temperature=temperature, top_k=top_k, top_p=top_p, stop=tuple(stop))
     return CompletionRequest(prompt=prompt, params=params, n=n, seed=seed, stream=stream)
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
+from app.lm.model import ARCHITECTURE, ModelConfig
+from app.lm.settings import Setting, settings_of
 from app.lm.store import NAME_PATTERN
+from app.lm.train import TrainConfig
+
+# A stored model's name as the store checks it (app/lm/store.py: NAME_PATTERN and no ".."), in a
+# regular expression without look-ahead, which every JSON Schema tool (and Hypothesis) reads: after
+# the first character, each '.' is followed by another character or ends the name. With maxLength 64.
+MODEL_NAME_REGEX = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
+MODEL_NAME_RULE = "1-64 letters, digits, '_', '-' or '.', starting with a letter or digit, without '..'."
 
 ModelName = Field(
     pattern=f"^{NAME_PATTERN.pattern}$",
@@ -26,6 +35,17 @@ def _valid_unicode(value: str) -> str:
 # Text from a request: any Unicode characters (control characters included), but no lone surrogates,
 # which JSON's \ud800 escapes can smuggle in and which no text encoding can store.
 Text = Annotated[str, AfterValidator(_valid_unicode)]
+NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(_valid_unicode)]
+
+
+def _integral(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer field takes 5.0 as 5: JSON has one kind of number, and JSON Schema's "integer" is any
+# number without a fractional part. 5.5, true and "5" are still refused.
+Int = Annotated[int, BeforeValidator(_integral)]
+OptionalInt = Annotated[int | None, BeforeValidator(_integral)]  # Int | None would garble the bounds' schema
 
 # Requests are strict: unknown fields are refused (a typo such as "temprature" is an error, not
 # silently ignored) and types are not coerced (true is not 1, "5" is not 5).
@@ -44,35 +64,31 @@ def example(value: dict, **config) -> ConfigDict:
 
 # ---- /complete ------------------------------------------------------------------------------
 
+# 0 is allowed: a JSON number such as 1e-400 is above 0 but reads as 0.0, and a mass that small
+# keeps only the likeliest character anyway (app/api/protocol.py passes it on as the least float).
+TOP_P = "Nucleus sampling mass; 1 or null = off; near 0 (or 0) = only the likeliest character."
+
 
 class CompleteRequest(StrictModel):
     model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [{"prefix": "good", "max_new_chars": 11}]})
 
     prefix: Text = Field(min_length=1, description="Text to complete. Unseen characters are read as UNK.")
-    max_new_chars: int = Field(100, ge=0, description="Characters to generate at most.")
+    max_new_chars: Int = Field(100, ge=0, description="Characters to generate at most.")
     temperature: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False, description="0 = greedy.")
-    top_k: int | None = Field(None, ge=0, description="Sample from the k likeliest characters; 0 or null = off.")
-    top_p: float | None = Field(
-        None, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass; 1 or null = off."
-    )
-    seed: int | None = Field(
+    top_k: OptionalInt = Field(None, ge=0, description="Sample from the k likeliest characters; 0 or null = off.")
+    top_p: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, description=TOP_P)
+    seed: OptionalInt = Field(
         None, ge=0, le=2**63 - 1, description="Fixes the output of sampling; null = random (reported back)."
     )
-    stop: list[Text] = Field(
+    stop: list[NonEmptyText] = Field(
         default_factory=list, max_length=4, description="Generation ends at the first of these (not included)."
     )
-    n: int = Field(1, ge=1, description="Number of completions.")
+    n: Int = Field(1, ge=1, description="Number of completions.")
     stream: bool = Field(
         False,
         description="Answer with Server-Sent Events: `data: {json}` events with new text as it is generated, "
         "a final event with finish_reason and usage, then `data: [DONE]`.",
     )
-
-    @model_validator(mode="after")
-    def _stop_strings_not_empty(self) -> CompleteRequest:
-        if any(s == "" for s in self.stop):
-            raise ValueError("stop strings must not be empty")
-        return self
 
 
 class Choice(BaseModel):
@@ -122,9 +138,10 @@ class VocabResponse(BaseModel):
 # ---- /train ---------------------------------------------------------------------------------
 
 
-class TrainRequest(StrictModel):
+class TrainRequestBase(StrictModel):
     """Unset settings take defaults that suit the text: the tutorial's for `sentences`, and for a
-    corpus the recommended ones (a 2x256 LSTM, 5-minute budget, validation split)."""
+    corpus the recommended ones (app/lm/default.py: an LSTM on an embedding, a time budget, a
+    validation split). Every model and training setting (ModelConfig, TrainConfig) is a field."""
 
     model_config = ConfigDict(
         **STRICT,
@@ -136,7 +153,7 @@ class TrainRequest(StrictModel):
                     "epochs": 100,
                 },
                 {"name": "poem", "corpus": "the rain in spain stays mainly in the plain\n" * 20, "max_seconds": 30},
-                {"name": "plays", "corpus_id": "3f2a9c", "max_seconds": 600},
+                {"name": "plays", "corpus_id": "3f2a9c0d1e4b4f6a8c7d9e0f1a2b3c4d", "max_seconds": 600},
             ]
         },
     )
@@ -152,44 +169,11 @@ class TrainRequest(StrictModel):
         pattern=f"^{NAME_PATTERN.pattern}$",
         description="Continue training this stored model (its vocabulary, architecture and optimizer state).",
     )
-    cell: Literal["rnn", "lstm", "gru"] | None = None
-    hidden_size: int | None = Field(None, ge=1)
-    num_layers: int | None = Field(None, ge=1)
-    encoding: Literal["one_hot", "embedding"] | None = None
-    embedding_dim: int | None = Field(None, ge=0, le=4096, description="0 = hidden_size; with encoding=embedding.")
-    dropout: float | None = Field(None, ge=0.0, lt=1.0, allow_inf_nan=False)
-    epochs: int | None = Field(None, ge=1)
-    max_steps: int | None = Field(None, ge=0, description="0 = no limit.")
-    max_seconds: float | None = Field(None, ge=0.0, allow_inf_nan=False, description="Wall-clock budget; 0 = none.")
-    learning_rate: float | None = Field(None, gt=0.0, le=10.0, allow_inf_nan=False)
-    lr_schedule: Literal["constant", "cosine"] | None = None
-    warmup_steps: int | None = Field(None, ge=0, le=1_000_000)
-    min_lr_ratio: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
-    weight_decay: float | None = Field(None, ge=0.0, le=10.0, allow_inf_nan=False)
-    batch_size: int | None = Field(None, ge=1, le=4096)
-    seq_len: int | None = Field(None, ge=1, le=4096, description="Window length on a corpus (state carries across).")
-    val_fraction: float | None = Field(None, ge=0.0, le=0.5, allow_inf_nan=False)
-    eval_interval: int | None = Field(None, ge=0, description="Steps between validations; 0 = once per epoch.")
-    patience: int | None = Field(None, ge=0, description="Validations without improvement before stopping; 0 = off.")
-    grad_clip: float | None = Field(None, ge=0.0, allow_inf_nan=False)
-    unk_dropout: float | None = Field(None, ge=0.0, lt=1.0, allow_inf_nan=False)
-    min_char_count: int | None = Field(None, ge=1, description="Rarer characters map to UNK.")
-    precision: Literal["fp32", "bf16", "auto"] | None = Field(
-        None, description="Matrix products in training: bf16 (autocast), fp32, or auto = bf16 where native."
-    )
-    ema_decay: float | None = Field(
-        None,
-        ge=0.0,
-        lt=1.0,
-        allow_inf_nan=False,
-        description="Validate and keep an exponential moving average of the weights (e.g. 0.998); 0 = off.",
-    )
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
     activate: bool = Field(True, description="Serve the model as soon as it is trained.")
     overwrite: bool = Field(False, description="Replace a stored model of the same name.")
 
     @model_validator(mode="after")
-    def _one_source(self) -> TrainRequest:
+    def _one_source(self) -> TrainRequestBase:
         if sum(x is not None for x in (self.corpus, self.sentences, self.corpus_id)) != 1:
             raise ValueError("give exactly one of corpus, sentences or corpus_id")
         if self.sentences is not None and max(len(s) for s in self.sentences) < 2:
@@ -197,6 +181,30 @@ class TrainRequest(StrictModel):
         if self.corpus is not None and not self.corpus.strip():
             raise ValueError("corpus is empty or only whitespace")
         return self
+
+
+def optional_fields(settings: list[Setting]) -> dict[str, Any]:
+    """Pydantic fields for dataclass settings: each optional (null = the default for the text), with
+    the setting's description, bounds and choices."""
+    out: dict[str, Any] = {}
+    for s in settings:
+        kind: Any = Literal[s.choices] if s.choices else s.type  # type: ignore[valid-type]
+        floats = {"allow_inf_nan": False} if s.type is float else {}
+        out[s.name] = (
+            kind | None,
+            Field(None, description=s.help[:1].upper() + s.help[1:] + ".", **s.bounds, **floats),
+        )
+    return out
+
+
+# the model and training settings are ModelConfig's and TrainConfig's fields: declared once, in app/lm
+TrainRequest = create_model(
+    "TrainRequest",
+    __base__=TrainRequestBase,
+    __doc__=TrainRequestBase.__doc__,
+    **optional_fields([s for s in settings_of(ModelConfig) if s.name in ARCHITECTURE]),
+    **optional_fields(settings_of(TrainConfig)),
+)
 
 
 class TrainAccepted(BaseModel):
@@ -303,7 +311,9 @@ class ScoreRequest(StrictModel):
     model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [{"text": "good i am fine "}]})
 
     text: Text = Field(min_length=2, description="Held-out text to score: each character given all before it.")
-    model: str | None = Field(None, pattern=f"^{NAME_PATTERN.pattern}$", description="Default: the active model.")
+    model: str | None = Field(
+        None, pattern=MODEL_NAME_REGEX, max_length=64, description="Default: the active model. " + MODEL_NAME_RULE
+    )
 
 
 class ScoreResponse(BaseModel):
@@ -490,31 +500,24 @@ class OpenAICompletionRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="ignore",  # OpenAI clients send fields this server has no use for (user, echo=false, ...)
+        strict=True,  # but the fields it knows take their types only (false is not 0, "5" is not 5)
         json_schema_extra={"examples": [{"model": "default", "prompt": "good", "max_tokens": 11, "temperature": 0}]},
     )
 
     model: str | None = Field(None, description="The active model's name (see GET /v1/models).")
-    prompt: Text | list[Text] = Field(description="Text to complete (a list must hold exactly one string).")
-    max_tokens: int = Field(16, ge=0, description="Characters to generate at most (one token = one character).")
+    prompt: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=1)] = Field(
+        description="Text to complete (a list must hold exactly one string: batches of prompts are not supported)."
+    )
+    max_tokens: Int = Field(16, ge=0, description="Characters to generate at most (one token = one character).")
     temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
-    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-    n: int = Field(1, ge=1)
-    stop: str | list[str] | None = Field(None, description="Up to 4 stop strings; not included in the output.")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    top_p: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False, description=TOP_P)
+    n: Int = Field(1, ge=1)
+    stop: NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=4)] | None = Field(
+        None, description="Up to 4 stop strings; not included in the output."
+    )
+    seed: OptionalInt = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
-    logprobs: int | None = Field(None, ge=0, le=5, description="Not supported: must be null or 0.")
-
-    @model_validator(mode="after")
-    def _checks(self) -> OpenAICompletionRequest:
-        if isinstance(self.prompt, list) and len(self.prompt) != 1:
-            raise ValueError("prompt: give one string (batches of prompts are not supported)")
-        if not self.prompt_text:
-            raise ValueError("prompt must not be empty")
-        if len(self.stop_list) > 4 or any(s == "" for s in self.stop_list):
-            raise ValueError("stop: at most 4 non-empty strings")
-        if self.logprobs:
-            raise ValueError("logprobs are not supported")
-        return self
+    logprobs: OptionalInt = Field(None, ge=0, le=0, description="Not supported: null or 0 only.")
 
     @property
     def prompt_text(self) -> str:

@@ -25,18 +25,6 @@ def sentence_pairs(vocab: Vocab, sentences: list[str]) -> tuple[torch.Tensor, to
     return ids[:, :-1], ids[:, 1:]
 
 
-def corpus_pairs(vocab: Vocab, text: str, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Non-overlapping windows of `seq_len` characters; each target is its input shifted by one."""
-    ids = torch.tensor(vocab.encode(text), dtype=torch.long)
-    if len(ids) < 2:
-        raise ValueError("the corpus needs at least 2 characters")
-    seq_len = min(seq_len, len(ids) - 1)
-    count = (len(ids) - 1) // seq_len
-    inputs = ids[: count * seq_len].view(count, seq_len)  # (N, T)
-    targets = ids[1 : count * seq_len + 1].view(count, seq_len)  # (N, T)
-    return inputs, targets
-
-
 def split_validation(ids: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The last `val_fraction` of the text is held out (as char-rnn and nanoGPT do)."""
     n_val = int(len(ids) * val_fraction)

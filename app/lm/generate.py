@@ -18,6 +18,7 @@ import torch
 
 from app.lm import decode
 from app.lm.model import CharRNN
+from app.lm.settings import setting
 from app.lm.vocab import UNK_INDEX, Vocab
 
 FEED_IN_BATCH = 32  # prefixes up to this long are fed through the shared batched steps
@@ -26,11 +27,11 @@ PREFILL_CHUNK = 512  # longer prefixes are read this many characters per engine 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    max_new_chars: int = 100  # generation ends ("length") after this many characters
-    temperature: float = 0.0  # 0 = greedy (argmax), as in the tutorial
-    top_k: int = 0  # keep only the k likeliest characters; 0 = off
-    top_p: float = 1.0  # keep the smallest set whose probability reaches p; 1 = off
-    stop: tuple[str, ...] = ()  # generation ends ("stop") at the first of these; not included
+    max_new_chars: int = setting(100, 'characters to generate at most (then finish_reason "length")', ge=0)
+    temperature: float = setting(0.0, "sampling temperature; 0 = greedy (argmax), as in the tutorial", ge=0.0)
+    top_k: int = setting(0, "sample from the k likeliest characters only; 0 = off", ge=0)
+    top_p: float = setting(1.0, "sample from the smallest set whose probability reaches p; 1 = off", gt=0.0, le=1.0)
+    stop: tuple[str, ...] = setting((), 'generation ends (finish_reason "stop") at the first of these; not included')
 
 
 def random_seed() -> int:

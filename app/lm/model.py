@@ -7,19 +7,27 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from app.lm.settings import setting
+
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 ENCODINGS = ("one_hot", "embedding")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    vocab_size: int  # characters the model knows, UNK included
-    cell: str = "rnn"  # rnn | lstm | gru; the tutorial uses a plain tanh RNN
-    hidden_size: int = 12  # the tutorial's hidden_dim
-    num_layers: int = 1  # stacked recurrent layers
-    dropout: float = 0.0  # between recurrent layers and before the head; only while training
-    encoding: str = "one_hot"  # one_hot (as in the tutorial) | embedding (learned vectors)
-    embedding_dim: int = 0  # width of the learned embedding; 0 means hidden_size
+    vocab_size: int = setting(help="characters the model knows, UNK included", ge=2)
+    cell: str = setting("rnn", "recurrent cell; the tutorial uses a plain tanh RNN", choices=tuple(CELLS))
+    hidden_size: int = setting(12, "size of each layer's hidden state (the tutorial's hidden_dim)", ge=1)
+    num_layers: int = setting(1, "stacked recurrent layers", ge=1)
+    dropout: float = setting(
+        0.0, "dropout probability between recurrent layers and before the head; only while training", ge=0.0, lt=1.0
+    )
+    encoding: str = setting(
+        "one_hot", "input encoding: one_hot (as in the tutorial) or embedding (learned vectors)", choices=ENCODINGS
+    )
+    embedding_dim: int = setting(
+        0, "width of the learned embedding (encoding=embedding); 0 = hidden_size", ge=0, le=4096
+    )
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -59,6 +67,10 @@ class ModelConfig:
             # a one-hot input selects one column of W_ih: no multiply at all
             total += 2 * gates * self.hidden_size * (inp + self.hidden_size)
         return total + 2 * self.hidden_size * self.vocab_size
+
+
+# what a caller chooses of a model; vocab_size comes from the text
+ARCHITECTURE = tuple(f.name for f in fields(ModelConfig) if f.name != "vocab_size")
 
 
 class CharRNN(nn.Module):

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,33 +23,45 @@ from app.lm import data
 from app.lm.device import fast_bf16
 from app.lm.model import CharRNN, ModelConfig
 from app.lm.score import ScoringCancelled, mean_loss
+from app.lm.settings import setting
 from app.lm.vocab import UNK_INDEX, Vocab
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 100  # passes over the data (upper bound when a step or time budget is set)
-    learning_rate: float = 0.01  # peak Adam step size; the tutorial's lr
-    batch_size: int = 64  # sequences (or parallel corpus streams) per step
-    seq_len: int = 100  # window length when training on a corpus; state carries across windows
-    seed: int = 0  # fixes initial weights, shuffling and dropout
-    grad_clip: float = 5.0  # max global gradient norm; 0 turns clipping off
-    max_steps: int = 0  # stop after this many optimizer steps; 0 = no limit
-    max_seconds: float = 0.0  # stop after this much wall-clock time; 0 = no limit
-    warmup_steps: int = 0  # linear learning-rate warm-up
-    lr_schedule: str = "constant"  # constant | cosine (decays to min_lr_ratio over the budget)
-    min_lr_ratio: float = 0.1  # floor of the cosine decay, as a share of learning_rate
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
-    val_fraction: float = 0.0  # share of a corpus held out at its end for validation
-    eval_interval: int = 0  # steps between validations; 0 = once per epoch
-    eval_streams: int = 8  # parallel pieces the periodic validation reads (the final one reads 1)
-    patience: int = 0  # stop after this many validations without improvement; 0 = never
-    unk_dropout: float = 0.0  # share of input characters replaced by UNK, so the model copes with unseen ones
-    min_char_count: int = 1  # characters seen fewer times map to UNK
-    precision: str = (
-        "fp32"  # fp32 | bf16 (autocast: bfloat16 matrix products, float32 weights) | auto (bf16 where native)
+    epochs: int = setting(100, "passes over the data (an upper bound when a step or time budget is set)", ge=1)
+    learning_rate: float = setting(0.01, "peak AdamW step size (the tutorial's lr)", gt=0.0, le=10.0)
+    batch_size: int = setting(64, "sequences (or parallel corpus streams) per step", ge=1, le=4096)
+    seq_len: int = setting(100, "window length on a corpus; the state carries across windows", ge=1, le=4096)
+    seed: int = setting(0, "fixes the initial weights, shuffling and dropout", ge=0, le=2**63 - 1)
+    grad_clip: float = setting(5.0, "largest global gradient norm; 0 turns clipping off", ge=0.0)
+    max_steps: int = setting(0, "stop after this many optimizer steps; 0 = no limit", ge=0)
+    max_seconds: float = setting(0.0, "stop after this much wall-clock time; 0 = no limit", ge=0.0)
+    warmup_steps: int = setting(0, "steps of linear learning-rate warm-up", ge=0, le=1_000_000)
+    lr_schedule: str = setting(
+        "constant", "learning rate after warm-up: constant, or cosine decay to min_lr_ratio over the budget",
+        choices=("constant", "cosine"),
+    )  # fmt: skip
+    min_lr_ratio: float = setting(0.1, "floor of the cosine decay, as a share of learning_rate", ge=0.0, le=1.0)
+    weight_decay: float = setting(0.0, "AdamW decoupled weight decay", ge=0.0, le=10.0)
+    val_fraction: float = setting(0.0, "share of a corpus held out at its end for validation", ge=0.0, le=0.5)
+    eval_interval: int = setting(0, "steps between validations; 0 = once per epoch", ge=0)
+    eval_streams: int = setting(
+        8, "parallel pieces the periodic validation reads (the final one reads 1)", ge=1, le=1024
     )
-    ema_decay: float = 0.0  # validate and keep an exponential moving average of the weights; 0 = off
+    patience: int = setting(0, "stop after this many validations without improvement; 0 = never", ge=0)
+    unk_dropout: float = setting(
+        0.0, "share of input characters replaced by UNK, so the model copes with unseen ones", ge=0.0, lt=1.0
+    )
+    min_char_count: int = setting(1, "characters seen fewer times map to UNK", ge=1)
+    precision: str = setting(
+        "fp32",
+        "matrix products in training: fp32, bf16 (autocast; weights stay float32) or auto (bf16 where native)",
+        choices=("fp32", "bf16", "auto"),
+    )
+    ema_decay: float = setting(
+        0.0, "validate and keep an exponential moving average of the weights (e.g. 0.998); 0 = off", ge=0.0, lt=1.0
+    )
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
@@ -476,48 +489,45 @@ class Trained:
     val_chars: int = 0
 
 
+@dataclass
+class Resume:
+    """A stored checkpoint to continue training from."""
+
+    model: CharRNN
+    vocab: Vocab
+    optimizer_state: dict | None
+    step: int  # optimizer steps it had taken
+
+
 def train_on_text(
     *,
     sentences: list[str] | None = None,
     corpus: str | None = None,
-    cell: str = "rnn",
-    hidden_size: int = 12,
-    num_layers: int = 1,
-    dropout: float = 0.0,
-    encoding: str = "one_hot",
-    embedding_dim: int = 0,
     config: TrainConfig = TrainConfig(),
     device: torch.device | str = "cpu",
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    resume: tuple[CharRNN, Vocab, dict | None, int] | None = None,
+    resume: Resume | None = None,
     report_every: int = 1,
+    **architecture: Any,
 ) -> Trained:
     """From raw text to a trained model: builds (or, with `resume`, reuses) the vocabulary and the
     model, makes the batches and the validation split, then trains.
 
-    `resume` is (model, vocab, optimizer_state, step) of a stored checkpoint: training continues
-    from there with that vocabulary and architecture.
+    `architecture` is any of ModelConfig's fields but vocab_size (model.ARCHITECTURE); with
+    `resume`, training continues from a stored checkpoint with its vocabulary and architecture.
     """
     if (sentences is None) == (corpus is None):
         raise ValueError("give exactly one of sentences or corpus")
     rank, world = _world()
     if resume is not None:
-        model, vocab, optimizer_state, start_step = resume
-        model = model.to(device)
+        model, vocab = resume.model.to(device), resume.vocab
+        optimizer_state, start_step = resume.optimizer_state, resume.step
         model_config = model.config
     else:
         source = data.pad_sentences(sentences) if sentences is not None else corpus
         vocab = Vocab.from_text(source, min_count=config.min_char_count)
-        model_config = ModelConfig(
-            vocab_size=vocab.size,
-            cell=cell,
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            dropout=dropout,
-            encoding=encoding,
-            embedding_dim=embedding_dim,
-        )
+        model_config = ModelConfig(vocab_size=vocab.size, **architecture)
         model = build_model(model_config, config.seed, device)
         optimizer_state, start_step = None, 0
     val_ids = None

@@ -39,9 +39,6 @@ class Vocab:
     def __len__(self) -> int:
         return self.size
 
-    def __contains__(self, char: str) -> bool:
-        return char in self._ids
-
     def encode(self, text: str) -> list[int]:
         """Never fails: characters outside the vocabulary become UNK."""
         get = self._ids.get

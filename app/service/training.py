@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 
 from app.lm import default
+from app.lm.model import ARCHITECTURE
 from app.lm.store import ModelStore
-from app.lm.train import Progress, TrainConfig, Trained, train_on_text
+from app.lm.train import Progress, Resume, TrainConfig, Trained, train_on_text
 
 log = logging.getLogger(__name__)
 
-MODEL_FIELDS = ("cell", "hidden_size", "num_layers", "encoding", "embedding_dim", "dropout")
+MODEL_FIELDS = ARCHITECTURE  # what a caller chooses of a model (ModelConfig's fields but vocab_size)
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 
 
@@ -44,9 +45,8 @@ class TrainSpec:
     def source(self) -> str:
         return "sentences" if self.sentences is not None else "corpus"
 
-    def model_kwargs(self) -> dict:
+    def architecture(self) -> dict:
         base = dict(default.SENTENCE_MODEL if self.sentences is not None else default.CORPUS_MODEL)
-        base.setdefault("dropout", 0.0)
         base.update({k: v for k, v in self.options.items() if k in MODEL_FIELDS and v is not None})
         return base
 
@@ -75,7 +75,7 @@ def run_training(
     resume = None
     if spec.resume_from is not None:
         checkpoint = store.load(spec.resume_from, device)
-        resume = (
+        resume = Resume(
             checkpoint.model,
             checkpoint.vocab,
             store.load_optimizer_state(spec.resume_from, device),
@@ -91,7 +91,7 @@ def run_training(
         should_stop=should_stop,
         resume=resume,
         report_every=report_every,
-        **spec.model_kwargs(),
+        **spec.architecture(),
     )
     result = trained.result
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0

@@ -6,8 +6,8 @@ import logging
 import httpx
 import pytest
 
+from app.devserver import Server
 from app.logs import JsonFormatter
-from tests.server import Server
 
 
 def test_request_id_is_echoed_or_made(client):

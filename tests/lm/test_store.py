@@ -76,3 +76,37 @@ def test_loads_onto_the_requested_device(tmp_path):
     model, vocab = small_model()
     store.save("m", model, vocab)
     assert store.load("m", torch.device("cpu")).model.fc.weight.device.type == "cpu"
+
+
+def test_load_verifies_and_loads_the_same_bytes_read_once(tmp_path, monkeypatch):
+    """A replica replacing the weights between the hash check and the load cannot slip them in:
+    the file is read once, and the checked bytes are the ones loaded."""
+    from pathlib import Path
+
+    from app.lm.model import ModelConfig
+    from app.lm.train import build_model
+    from app.lm.vocab import Vocab
+
+    vocab = Vocab.from_text("hello world")
+    store = ModelStore(tmp_path)
+    original = build_model(ModelConfig(vocab_size=vocab.size, hidden_size=8), seed=1)
+    store.save("m", original, vocab)
+    other = ModelStore(tmp_path / "other")
+    other.save("m", build_model(ModelConfig(vocab_size=vocab.size, hidden_size=8), seed=2), vocab)
+    swapped_in = (tmp_path / "other" / "m.safetensors").read_bytes()
+    weights = tmp_path / "m.safetensors"
+    reads = []
+    real_read_bytes = Path.read_bytes
+
+    def read_then_swap(self):
+        payload = real_read_bytes(self)
+        if self == weights:
+            reads.append(self)
+            weights.write_bytes(swapped_in)  # another process replaces the file right after the read
+        return payload
+
+    monkeypatch.setattr(Path, "read_bytes", read_then_swap)
+    loaded = store.load("m")
+    assert len(reads) == 1
+    for name, tensor in original.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor)

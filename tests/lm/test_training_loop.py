@@ -9,7 +9,16 @@ from app.lm import data
 from app.lm.model import ModelConfig
 from app.lm.score import mean_loss
 from app.lm.store import ModelStore
-from app.lm.train import TrainConfig, TrainingCancelled, TrainingDiverged, build_model, lr_at, train, train_on_text
+from app.lm.train import (
+    Resume,
+    TrainConfig,
+    TrainingCancelled,
+    TrainingDiverged,
+    build_model,
+    lr_at,
+    train,
+    train_on_text,
+)
 from app.lm.vocab import Vocab
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 60
@@ -117,7 +126,7 @@ def test_resume_continues_from_the_saved_step_with_the_saved_vocabulary(tmp_path
     resumed = train_on_text(
         corpus=TEXT + " ZZZ",  # a new character maps to UNK: the vocabulary stays the stored one
         config=cfg,
-        resume=(ckpt.model, ckpt.vocab, opt, ckpt.meta["step"]),
+        resume=Resume(ckpt.model, ckpt.vocab, opt, ckpt.meta["step"]),
     )
     assert resumed.vocab == first.vocab
     assert resumed.result.history[0].step > first.result.steps  # step numbers continue

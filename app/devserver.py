@@ -1,4 +1,4 @@
-"""A real uvicorn process on a free port, for tests where the HTTP layer matters."""
+"""The service as a real uvicorn process on a free port: for the server tests and the benchmarks."""
 
 from __future__ import annotations
 
