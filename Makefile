@@ -28,16 +28,18 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff, then the type checker on app/ ([tool.mypy] in pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench
 	$(BIN)/ruff format --check app tests bench
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format app tests bench
 	$(BIN)/ruff check --fix app tests bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache
 
 # Build the Docker image with podman and smoke-test it in a chroot (root; minutes, a few GB).
 # Deliberately not part of `test` or .ci/run: see scripts/verify-image.sh.

@@ -232,7 +232,8 @@ def _load(args: argparse.Namespace):
 
 def complete(args: argparse.Namespace) -> int:
     from app.lm.device import decode_dtype
-    from app.lm.generate import SamplingParams, generate, random_seed
+    from app.lm.generate import generate
+    from app.lm.sampling import SamplingParams, random_seed
 
     checkpoint = _load(args)
     params = SamplingParams(
@@ -290,7 +291,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends "(default: X)" to an option's help unless the help already says what the default is
     (options whose default is None or comes from elsewhere spell it out)."""
 
-    def _get_help_string(self, action: argparse.Action) -> str:
+    def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         if "default" in text or action.default in (None, [], argparse.SUPPRESS):
             return text
@@ -347,7 +348,7 @@ def _model_name(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app.lm.generate import SamplingParams
+    from app.lm.sampling import SamplingParams
 
     parser = _Parser(prog="charrnn", description=__doc__, epilog=EXIT_STATUS, formatter_class=_HelpFormatter)
     debug_help = "on an error, show the full traceback instead of one line (default: off)"

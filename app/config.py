@@ -72,6 +72,16 @@ class Settings(BaseSettings):
     )
     max_epochs: int = Field(100_000, ge=1, description="Most epochs /train accepts.")
     max_jobs_kept: int = Field(100, ge=1, description="Finished training jobs remembered for GET /train/{id}.")
+    max_loaded_models: int = Field(
+        4,
+        ge=0,
+        le=1000,
+        description="Stored models kept loaded for requests that name them, beside the active one "
+        "(least recently used leave first).",
+    )
+    max_score_chars_per_char: int = Field(
+        100_000, ge=2, description="Longest text /score scores with per_char (its answer grows with the text)."
+    )
 
 
 @lru_cache

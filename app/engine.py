@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 import torch
 
 from app.errors import NotReady, Overloaded
-from app.lm.generate import DecodeBatch, SamplingParams, Sequence
+from app.lm.constraint import CharAutomaton
+from app.lm.generate import DecodeBatch
 from app.lm.model import CharRNN
+from app.lm.sampling import SamplingParams, Sequence
+from app.lm.score import CharLogprob
 from app.lm.vocab import Vocab
 from app.metrics import Metrics
 
@@ -40,10 +43,19 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
-class TextDelta:
-    """New text of some of the request's sequences: (choice index, text) pairs."""
+class Delta:
+    """New text of one sequence, with its characters' log-probabilities where they were asked for."""
 
-    deltas: list[tuple[int, str]]
+    index: int
+    text: str
+    logprobs: list[CharLogprob] | None = None
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New text of some of the request's sequences."""
+
+    deltas: list[Delta]
 
 
 @dataclass(frozen=True)
@@ -63,21 +75,34 @@ Message = TextDelta | Done | Failed
 
 @dataclass(eq=False)
 class GenerationRequest:
-    """One completion call in the engine: its sequences and the channel back to its caller."""
+    """One completion call in the engine: its sequences and the channel back to its caller.
 
-    prefix: str
+    Each of `prompts` gets `n` sequences; sequence k belongs to prompt k // n (OpenAI's indexing)."""
+
+    prompts: list[str]
     params: SamplingParams
     n: int
     seed: int
     loaded: LoadedModel  # the model this request uses from start to end
+    constraint: CharAutomaton | None = None  # a regex compiled for this model's vocabulary
     stream: bool = False
+    prompt_logprobs: list[list[CharLogprob | None]] | None = None  # echo: each prompt's own, per character
     loop: asyncio.AbstractEventLoop | None = None
     seqs: list[Sequence] = field(default_factory=list)
     queue: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
     cancelled: bool = False  # set by the caller's side when it goes away
 
     def __post_init__(self) -> None:
-        self.seqs = [Sequence(self.params, self.seed, i) for i in range(self.n)]
+        self.seqs = [Sequence(self.params, self.seed, i, self.constraint) for i in range(self.n * len(self.prompts))]
+
+    @property
+    def rows(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Log-probabilities are reported in float32 whatever the decoding precision (as /score's)."""
+        return torch.float32 if self.params.logprobs is not None else self.loaded.decode_dtype
 
     def send(self, message: Message) -> None:
         """From a worker thread: hands the message to the caller's event loop."""
@@ -167,7 +192,7 @@ class _Worker:
         self.one_thread = one_thread
         self.pending: deque[GenerationRequest] = deque()
         self._running: list[GenerationRequest] = []
-        self._batches: dict[int, DecodeBatch] = {}  # one per model in use, keyed by id(model)
+        self._batches: dict[tuple[int, torch.dtype], DecodeBatch] = {}  # one per (id(model), dtype) in use
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -178,7 +203,7 @@ class _Worker:
 
     @property
     def load(self) -> int:
-        return self.rows + sum(r.n for r in list(self.pending))
+        return self.rows + sum(r.rows for r in list(self.pending))
 
     def submit(self, req: GenerationRequest) -> None:
         with self._wake:
@@ -231,17 +256,19 @@ class _Worker:
                     continue
                 rows = self.rows
                 if self.batching:
-                    fits = rows == 0 or rows + req.n <= self.max_batch_size
+                    fits = rows == 0 or rows + req.rows <= self.max_batch_size
                 else:
                     fits = not self._running
                 if not fits:
                     break
                 self.pending.popleft()
             loaded = req.loaded
-            batch = self._batches.get(id(loaded.model))
+            key = (id(loaded.model), req.dtype)  # one batch per model and precision
+            batch = self._batches.get(key)
             if batch is None:
-                batch = self._batches[id(loaded.model)] = DecodeBatch(loaded.model, loaded.vocab, loaded.decode_dtype)
-            batch.add(req.prefix, req.seqs)
+                batch = self._batches[key] = DecodeBatch(loaded.model, loaded.vocab, req.dtype)
+            for k, prompt in enumerate(req.prompts):
+                batch.add(prompt, req.seqs[k * req.n : (k + 1) * req.n])
             self._running.append(req)
 
     def _step(self) -> None:
@@ -264,7 +291,7 @@ class _Worker:
         still = []
         for req in self._running:
             if req.stream:
-                deltas = [(s.index, t) for s in req.seqs if (t := s.take_new_text())]
+                deltas = [Delta(s.index, t, lp) for s in req.seqs for t, lp in (s.take_new(),) if t]
                 if deltas:
                     req.send(TextDelta(deltas))
             if req.finished:

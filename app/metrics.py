@@ -37,4 +37,10 @@ class Metrics:
         self.training_progress = Gauge(
             "charrnn_training_progress", "Share of the running training job's steps done (0-1)", registry=r
         )
+        self.model_loads = Counter(
+            "charrnn_model_loads",
+            "Requests naming a stored model other than the active one: kept loaded (hit) or loaded (load)",
+            ["outcome"],
+            registry=r,
+        )
         self.active_model = Info("charrnn_active_model", "The model serving completions", registry=r)

@@ -31,7 +31,13 @@ UPLOAD_BODY = {
         "text/plain": {"schema": CORPUS_TEXT},
         "application/octet-stream": {"schema": CORPUS_TEXT},
         "multipart/form-data": {
-            "schema": {"type": "object", "properties": {"file": CORPUS_TEXT}, "required": ["file"]},
+            "schema": {
+                "type": "object",
+                "properties": {"file": CORPUS_TEXT},
+                "required": ["file"],
+                "description": "The text as the part named `file` (or the first part with a filename); "
+                "other parts are ignored.",
+            },
             "encoding": {"file": {"contentType": "text/plain"}},
         },
     },

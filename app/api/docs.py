@@ -72,16 +72,17 @@ BODY_ERRORS = {
 }
 
 
-def settings_bounds(settings: Settings) -> dict[tuple[str, str], dict[str, int]]:
+def settings_bounds(settings: Settings) -> dict[tuple[str, str], dict[str, float]]:
     """Limits the settings put on request fields (checked in app/api/protocol.py and the routes):
-    (model, field) -> maxLength for each string in the field, maximum for each integer."""
+    (model, field) -> maxLength for each string in the field, maxItems for each list, maximum for
+    each number."""
     prompt, new, n, stop = settings.max_prefix_chars, settings.max_new_chars, settings.max_n, settings.max_stop_chars
     return {
         ("CompleteRequest", "prefix"): {"maxLength": prompt},
         ("CompleteRequest", "max_new_chars"): {"maximum": new},
         ("CompleteRequest", "n"): {"maximum": n},
         ("CompleteRequest", "stop"): {"maxLength": stop},
-        ("OpenAICompletionRequest", "prompt"): {"maxLength": prompt},
+        ("OpenAICompletionRequest", "prompt"): {"maxLength": prompt, "maxItems": settings.max_batch_size},
         ("OpenAICompletionRequest", "max_tokens"): {"maximum": new},
         ("OpenAICompletionRequest", "n"): {"maximum": n},
         ("OpenAICompletionRequest", "stop"): {"maxLength": stop},
@@ -89,9 +90,12 @@ def settings_bounds(settings: Settings) -> dict[tuple[str, str], dict[str, int]]
     }
 
 
-def _bound(node: dict, keyword: str, value: int) -> None:
-    """Puts keyword on each string (maxLength) or integer (maximum) schema in node, through anyOf and items."""
-    if node.get("type") == ("string" if keyword == "maxLength" else "integer"):
+BOUND_TYPES = {"maxLength": ("string",), "maxItems": ("array",), "maximum": ("integer", "number")}
+
+
+def _bound(node: dict, keyword: str, value: float) -> None:
+    """Puts keyword on each schema of its type in node (through anyOf and items), unless one is tighter."""
+    if node.get("type") in BOUND_TYPES[keyword]:
         node[keyword] = min(value, node.get(keyword, value))
     for sub in [*node.get("anyOf", []), node.get("items")]:
         if isinstance(sub, dict):

@@ -75,11 +75,10 @@ def _describe(error: dict) -> dict:
     if error.get("type") == "json_invalid":  # not JSON at all: the body is at fault, say where and why
         reason = (error.get("ctx") or {}).get("error") or error.get("msg", "")
         return {"param": "body", "message": f"invalid JSON: {reason}", "type": "json_invalid"}
-    return {
-        "param": _loc_to_param(tuple(error.get("loc", ()))),
-        "message": error.get("msg", "invalid"),
-        "type": error.get("type"),
-    }
+    message = error.get("msg", "invalid")
+    if error.get("type") == "string_unicode":  # strict str: a \ud800 escape's lone surrogate
+        message = "contains a lone surrogate (\\ud800-\\udfff), which is not a character"
+    return {"param": _loc_to_param(tuple(error.get("loc", ()))), "message": message, "type": error.get("type")}
 
 
 def _most_telling(details: list[dict]) -> dict:

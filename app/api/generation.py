@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 from sse_starlette import EventSourceResponse
 
-from app.engine import Done, Failed, GenerationRequest, Message, TextDelta
+from app.engine import Delta, Done, Failed, GenerationRequest, Message, TextDelta
 
 
 class GenerationError(RuntimeError):
@@ -40,11 +40,10 @@ async def wait_until_done(gen: GenerationRequest, request: Request) -> bool:
         gen.cancel()  # a no-op once finished
 
 
-async def text_deltas(gen: GenerationRequest) -> AsyncIterator[dict[int, str]]:
-    """New text per choice index, merging whatever piled up since the last read; ends when done.
-
-    If the consumer stops (a client disconnected), the request leaves the batch.
-    """
+async def text_deltas(gen: GenerationRequest) -> AsyncIterator[dict[int, Delta]]:
+    """New text (and its log-probabilities) per choice index, merging whatever piled up since the
+    last read; ends when done. If the consumer stops (a client disconnected), the request leaves
+    the batch."""
     held: Message | None = None  # a message read while merging that is not text: handled next
     try:
         while True:
@@ -54,10 +53,10 @@ async def text_deltas(gen: GenerationRequest) -> AsyncIterator[dict[int, str]]:
                 return
             if isinstance(message, Failed):
                 raise GenerationError(message.message)
-            merged: dict[int, str] = {}
+            merged: dict[int, Delta] = {}
             while isinstance(message, TextDelta):
-                for index, text in message.deltas:
-                    merged[index] = merged.get(index, "") + text
+                for delta in message.deltas:
+                    merged[delta.index] = merge(merged.get(delta.index), delta)
                 try:
                     message = gen.queue.get_nowait()
                 except asyncio.QueueEmpty:
@@ -67,6 +66,13 @@ async def text_deltas(gen: GenerationRequest) -> AsyncIterator[dict[int, str]]:
             yield merged
     finally:
         gen.cancel()
+
+
+def merge(before: Delta | None, after: Delta) -> Delta:
+    if before is None:
+        return after
+    logprobs = None if before.logprobs is None else [*before.logprobs, *(after.logprobs or [])]
+    return Delta(after.index, before.text + after.text, logprobs)
 
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering

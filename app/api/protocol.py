@@ -7,13 +7,12 @@ option is added in one place (plus its field in each wire format, app/api/schema
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from app.api.schemas import CompleteRequest, OpenAICompletionRequest
 from app.config import Settings
 from app.errors import InvalidInput
-from app.lm.generate import SamplingParams
+from app.lm.sampling import SamplingParams
 from app.service.completions import CompletionRequest
 
 
@@ -33,63 +32,92 @@ def completion_request(
     names: Names,
     settings: Settings,
     *,
-    prompt: str,
-    max_new: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    stop: list[str],
+    prompts: list[str],
+    params: SamplingParams,
     n: int,
     seed: int | None,
     stream: bool,
+    model: str | None,
+    regex: str | None,
+    bias: dict,
+    echo: bool,
 ) -> CompletionRequest:
     """Checks the settings' bounds (a 422 naming the field as the caller spelled it) and builds the request."""
-    if len(prompt) > settings.max_prefix_chars:
-        raise InvalidInput(
-            f"{names.prompt}: {len(prompt)} characters is more than the limit of {settings.max_prefix_chars}",
-            names.prompt,
-        )
-    if max_new > settings.max_new_chars:
+    for prompt in prompts:
+        if len(prompt) > settings.max_prefix_chars:
+            raise InvalidInput(
+                f"{names.prompt}: {len(prompt)} characters is more than the limit of {settings.max_prefix_chars}",
+                names.prompt,
+            )
+    if len(prompts) > settings.max_batch_size:
+        raise InvalidInput(f"{names.prompt}: at most {settings.max_batch_size} prompts in one request", names.prompt)
+    if params.max_new_chars > settings.max_new_chars:
         raise InvalidInput(f"{names.max_new}: at most {settings.max_new_chars}", names.max_new)
     if n > settings.max_n:
         raise InvalidInput(f"n: at most {settings.max_n}", "n")
-    if any(len(s) > settings.max_stop_chars for s in stop):
+    if any(len(s) > settings.max_stop_chars for s in params.stop):
         raise InvalidInput(f"stop: each stop string may have at most {settings.max_stop_chars} characters", "stop")
-    # top_p 0 (the API allows it: 1e-400 reads as 0.0) keeps only the likeliest character, as the least float does
-    top_p = max(top_p, math.ulp(0.0))
-    params = SamplingParams(max_new_chars=max_new, temperature=temperature, top_k=top_k, top_p=top_p, stop=tuple(stop))
-    return CompletionRequest(prompt=prompt, params=params, n=n, seed=seed, stream=stream)
+    return CompletionRequest(
+        prompts=prompts, params=params, n=n, seed=seed, stream=stream, model=model, regex=regex, bias=bias, echo=echo
+    )
 
 
 def from_complete(req: CompleteRequest, settings: Settings) -> CompletionRequest:
-    """POST /complete."""
-    return completion_request(
-        COMPLETE,
-        settings,
-        prompt=req.prefix,
-        max_new=req.max_new_chars,
+    """POST /complete. `echo` reports the prefix's log-probabilities, so it implies `logprobs` 0."""
+    logprobs = req.logprobs if req.logprobs is not None or not req.echo else 0
+    params = SamplingParams(
+        max_new_chars=req.max_new_chars,
         temperature=req.temperature,
         top_k=req.top_k or 0,
         top_p=req.top_p if req.top_p is not None else 1.0,
-        stop=req.stop,
+        stop=tuple(req.stop),
+        min_p=req.min_p,
+        repetition_penalty=req.repetition_penalty,
+        repeat_last_n=req.repeat_last_n,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        logprobs=logprobs,
+    )
+    return completion_request(
+        COMPLETE,
+        settings,
+        prompts=[req.prefix],
+        params=params,
         n=req.n,
         seed=req.seed,
         stream=req.stream,
+        model=req.model,
+        regex=req.regex,
+        bias=dict(req.logit_bias),
+        echo=req.echo,
     )
 
 
 def from_openai(req: OpenAICompletionRequest, settings: Settings) -> CompletionRequest:
-    """POST /v1/completions (one token is one character)."""
+    """POST /v1/completions (one token is one character; logit_bias keys are vocabulary ids)."""
+    params = SamplingParams(
+        max_new_chars=req.max_tokens,
+        temperature=req.temperature,
+        top_k=req.top_k or 0,
+        top_p=req.top_p,
+        stop=tuple(req.stop_list),
+        min_p=req.min_p,
+        repetition_penalty=req.repetition_penalty,
+        repeat_last_n=req.repeat_last_n,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        logprobs=req.logprobs,
+    )
     return completion_request(
         OPENAI,
         settings,
-        prompt=req.prompt_text,
-        max_new=req.max_tokens,
-        temperature=req.temperature,
-        top_k=0,
-        top_p=req.top_p,
-        stop=req.stop_list,
+        prompts=req.prompts,
+        params=params,
         n=req.n,
         seed=req.seed,
         stream=req.stream,
+        model=req.model,
+        regex=req.regex,
+        bias={int(k): v for k, v in (req.logit_bias or {}).items()},
+        echo=req.echo,
     )

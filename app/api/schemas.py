@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import math
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Unpack
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
+from app.lm.constraint import MAX_PATTERN_CHARS
 from app.lm.model import ARCHITECTURE, ModelConfig
+from app.lm.sampling import MAX_LOGPROBS, SamplingParams
 from app.lm.settings import Setting, settings_of
 from app.lm.store import NAME_PATTERN
 from app.lm.train import TrainConfig
@@ -49,14 +52,14 @@ OptionalInt = Annotated[int | None, BeforeValidator(_integral)]  # Int | None wo
 
 # Requests are strict: unknown fields are refused (a typo such as "temprature" is an error, not
 # silently ignored) and types are not coerced (true is not 1, "5" is not 5).
-STRICT = {"extra": "forbid", "strict": True}
+STRICT: ConfigDict = {"extra": "forbid", "strict": True}
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(**STRICT)
 
 
-def example(value: dict, **config) -> ConfigDict:
+def example(value: dict[str, Any], **config: Unpack[ConfigDict]) -> ConfigDict:
     """A response model's config with one real example, shown on the docs page instead of the
     "string" and 0 that would be generated from the types."""
     return ConfigDict(**config, json_schema_extra={"examples": [value]})
@@ -64,9 +67,21 @@ def example(value: dict, **config) -> ConfigDict:
 
 # ---- /complete ------------------------------------------------------------------------------
 
-# 0 is allowed: a JSON number such as 1e-400 is above 0 but reads as 0.0, and a mass that small
-# keeps only the likeliest character anyway (app/api/protocol.py passes it on as the least float).
+# top_p 0 is allowed: a JSON number such as 1e-400 is above 0 but reads as 0.0, and a mass that
+# small keeps only the likeliest character anyway; it is passed on as the least float above 0.
 TOP_P = "Nucleus sampling mass; 1 or null = off; near 0 (or 0) = only the likeliest character."
+TopP = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False), AfterValidator(lambda p: max(p, math.ulp(0.0)))]
+# any k at least the vocabulary's size keeps every character; the decoder holds k in an int64
+TopK = Annotated[int, Field(ge=0), BeforeValidator(_integral), AfterValidator(lambda k: min(k, 2**31 - 1))]
+
+
+def sampling_field(name: str, **overrides: Any) -> Any:
+    """A request field for one of SamplingParams' settings: its default, description and bounds as
+    declared there (app/lm/sampling.py)."""
+    [s] = [s for s in settings_of(SamplingParams) if s.name == name]
+    extra: dict[str, Any] = {"allow_inf_nan": False} if s.type is float else {}
+    description = s.help[:1].upper() + s.help[1:] + "."
+    return Field(s.default, description=description, **{**s.bounds, **overrides, **extra})
 
 
 class CompleteRequest(StrictModel):
@@ -75,8 +90,8 @@ class CompleteRequest(StrictModel):
     prefix: Text = Field(min_length=1, description="Text to complete. Unseen characters are read as UNK.")
     max_new_chars: Int = Field(100, ge=0, description="Characters to generate at most.")
     temperature: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False, description="0 = greedy.")
-    top_k: OptionalInt = Field(None, ge=0, description="Sample from the k likeliest characters; 0 or null = off.")
-    top_p: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, description=TOP_P)
+    top_k: TopK | None = Field(None, description="Sample from the k likeliest characters; 0 or null = off.")
+    top_p: TopP | None = Field(None, description=TOP_P)
     seed: OptionalInt = Field(
         None, ge=0, le=2**63 - 1, description="Fixes the output of sampling; null = random (reported back)."
     )
@@ -86,9 +101,63 @@ class CompleteRequest(StrictModel):
     n: Int = Field(1, ge=1, description="Number of completions.")
     stream: bool = Field(
         False,
-        description="Answer with Server-Sent Events: `data: {json}` events with new text as it is generated, "
-        "a final event with finish_reason and usage, then `data: [DONE]`.",
+        description="Answer with Server-Sent Events: `data: {json}` events with new text as it is generated "
+        "(and its `logprobs`), a final event with finish_reason and usage, then `data: [DONE]`. With `echo`, "
+        "a first event carries the prefix's log-probabilities.",
     )
+    model: str | None = Field(
+        None,
+        pattern=MODEL_NAME_REGEX,
+        max_length=64,
+        description="Any stored model (GET /models), loaded on demand; null = the active model.",
+    )
+    min_p: float = sampling_field("min_p")
+    repetition_penalty: float = sampling_field("repetition_penalty", le=10.0)
+    repeat_last_n: Int = sampling_field("repeat_last_n", le=1_000_000)
+    presence_penalty: float = sampling_field("presence_penalty")
+    frequency_penalty: float = sampling_field("frequency_penalty")
+    logit_bias: dict[Annotated[Text, Field(min_length=1, max_length=1)], Annotated[float, Field(ge=-100, le=100)]] = (
+        Field(
+            default_factory=dict,
+            max_length=1024,
+            description="Added to the logits of these characters before sampling (-100 bans one, +100 forces it).",
+            examples=[{"x": -100.0}],
+        )
+    )
+    logprobs: OptionalInt = Field(
+        None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="null = off; 0 = each generated character's log-probability; 1-20 = also that many likeliest "
+        "alternatives. The model's own distribution (temperature 1, before top-k, top-p, min-p, penalties and "
+        "bias), in float32 whatever the decoding precision: the same numbers as /score's per_char.",
+    )
+    echo: bool = Field(
+        False,
+        description="Also the prefix's per-character log-probabilities, in front of the completion's (the "
+        "first character has none: null). With max_new_chars 0 it scores a text. Implies logprobs 0.",
+    )
+    regex: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PATTERN_CHARS,
+        description="Only completions that fully match this pattern (Python `re` syntax without backreferences "
+        "or lookarounds): each character must keep the text a possible prefix of a match; where the text "
+        "already matches, the characters that cannot continue it are the chance to end there "
+        '(finish_reason "stop").',
+        examples=["[0-9]{4}-[0-9]{2}-[0-9]{2}"],
+    )
+
+
+class TopChar(BaseModel):
+    char: str
+    logprob: float
+
+
+class CharLogprob(BaseModel):
+    char: str = Field(description="The character (as written, for a prefix character the model reads as UNK).")
+    logprob: float = Field(description="Its natural-log probability given all the text before it.")
+    top: list[TopChar] = Field(description="The likeliest characters at this position, likeliest first.")
 
 
 class Choice(BaseModel):
@@ -96,6 +165,11 @@ class Choice(BaseModel):
     text: str = Field(description="The prefix followed by the generated characters.")
     completion: str = Field(description="The generated characters only.")
     finish_reason: Literal["length", "stop"]
+    logprobs: list[CharLogprob | None] | None = Field(
+        None,
+        description="With `logprobs`: one entry per character of `completion` (with `echo`, of `text`; the first "
+        "character of the prefix has none).",
+    )
 
 
 class Usage(BaseModel):
@@ -169,7 +243,11 @@ class TrainRequestBase(StrictModel):
         pattern=f"^{NAME_PATTERN.pattern}$",
         description="Continue training this stored model (its vocabulary, architecture and optimizer state).",
     )
-    activate: bool = Field(True, description="Serve the model as soon as it is trained.")
+    activate: bool = Field(
+        False,
+        description="Make it the active model (the default for requests that name none) once trained; "
+        "without it, requests reach it by name (`model`).",
+    )
     overwrite: bool = Field(False, description="Replace a stored model of the same name.")
 
     @model_validator(mode="after")
@@ -188,23 +266,29 @@ def optional_fields(settings: list[Setting]) -> dict[str, Any]:
     the setting's description, bounds and choices."""
     out: dict[str, Any] = {}
     for s in settings:
-        kind: Any = Literal[s.choices] if s.choices else s.type  # type: ignore[valid-type]
-        floats = {"allow_inf_nan": False} if s.type is float else {}
+        kind: Any = Literal[s.choices] if s.choices else s.type
+        limits: dict[str, Any] = {**s.bounds, "allow_inf_nan": False} if s.type is float else {**s.bounds}
         out[s.name] = (
             kind | None,
-            Field(None, description=s.help[:1].upper() + s.help[1:] + ".", **s.bounds, **floats),
+            Field(None, description=s.help[:1].upper() + s.help[1:] + ".", **limits),
         )
     return out
 
 
 # the model and training settings are ModelConfig's and TrainConfig's fields: declared once, in app/lm
-TrainRequest = create_model(
-    "TrainRequest",
-    __base__=TrainRequestBase,
-    __doc__=TrainRequestBase.__doc__,
-    **optional_fields([s for s in settings_of(ModelConfig) if s.name in ARCHITECTURE]),
-    **optional_fields(settings_of(TrainConfig)),
-)
+if TYPE_CHECKING:  # a model made at run time: the type checker sees the settings' fields as Any
+
+    class TrainRequest(TrainRequestBase):
+        def __getattr__(self, name: str) -> Any: ...
+
+else:
+    TrainRequest = create_model(
+        "TrainRequest",
+        __base__=TrainRequestBase,
+        __doc__=TrainRequestBase.__doc__,
+        **optional_fields([s for s in settings_of(ModelConfig) if s.name in ARCHITECTURE]),
+        **optional_fields(settings_of(TrainConfig)),
+    )
 
 
 class TrainAccepted(BaseModel):
@@ -314,6 +398,12 @@ class ScoreRequest(StrictModel):
     model: str | None = Field(
         None, pattern=MODEL_NAME_REGEX, max_length=64, description="Default: the active model. " + MODEL_NAME_RULE
     )
+    per_char: bool = Field(
+        False,
+        description="Also each character's log-probability (a surprisal map of the text); bounded by "
+        "CHARRNN_MAX_SCORE_CHARS_PER_CHAR.",
+    )
+    top: Int = Field(0, ge=0, le=MAX_LOGPROBS, description="With per_char: alternatives per character.")
 
 
 class ScoreResponse(BaseModel):
@@ -334,6 +424,9 @@ class ScoreResponse(BaseModel):
     perplexity: float
     chars_scored: int
     unknown_chars: int = Field(description="Characters of the text outside the model's vocabulary.")
+    chars: list[CharLogprob | None] | None = Field(
+        None, description="With per_char: each character's log-probability (null for the first)."
+    )
 
 
 # ---- /models, /health -----------------------------------------------------------------------
@@ -495,6 +588,16 @@ class ErrorResponse(BaseModel):
 # ---- /v1 (OpenAI-compatible) ----------------------------------------------------------------
 
 
+TokenId = Annotated[str, Field(pattern=r"^[0-9]{1,9}$")]  # JSON object keys are strings: "12"
+Bias = Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    include_usage: bool = Field(False, description="A last chunk with no choices and the request's usage.")
+
+
 class OpenAICompletionRequest(BaseModel):
     """OpenAI's completions request. One token is one character here."""
 
@@ -504,20 +607,49 @@ class OpenAICompletionRequest(BaseModel):
         json_schema_extra={"examples": [{"model": "default", "prompt": "good", "max_tokens": 11, "temperature": 0}]},
     )
 
-    model: str | None = Field(None, description="The active model's name (see GET /v1/models).")
-    prompt: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=1)] = Field(
-        description="Text to complete (a list must hold exactly one string: batches of prompts are not supported)."
+    model: str | None = Field(
+        None, description="Any model GET /v1/models lists, loaded on demand; null = the active model."
+    )
+    prompt: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)] = Field(
+        description="Text to complete, or a list of texts: one choice per prompt and per n (index = prompt x n + k)."
     )
     max_tokens: Int = Field(16, ge=0, description="Characters to generate at most (one token = one character).")
     temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
-    top_p: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False, description=TOP_P)
+    top_p: TopP = Field(1.0, description=TOP_P)
     n: Int = Field(1, ge=1)
     stop: NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=4)] | None = Field(
         None, description="Up to 4 stop strings; not included in the output."
     )
     seed: OptionalInt = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
-    logprobs: OptionalInt = Field(None, ge=0, le=0, description="Not supported: null or 0 only.")
+    logprobs: OptionalInt = Field(
+        None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="Each character's log-probability and this many alternatives (up to 20, beyond OpenAI's 5): "
+        "the model's own distribution, before sampling steps; the same numbers as /score's per_char.",
+    )
+    echo: bool = Field(False, description="Return the prompt in front of the completion (with its logprobs).")
+    presence_penalty: float = sampling_field("presence_penalty")
+    frequency_penalty: float = sampling_field("frequency_penalty")
+    logit_bias: (
+        dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]] | None
+    ) = Field(None, max_length=1024, description="Vocabulary ids (GET /vocab) to a bias added to their logits.")
+    user: str | None = Field(None, max_length=256, description="Accepted as OpenAI's; not used.")
+    stream_options: StreamOptions | None = None
+    best_of: OptionalInt = Field(None, ge=1, le=1, description="Not implemented: only 1 (or null).")
+    suffix: str | None = Field(None, max_length=0, description="Not implemented: only null or empty.")
+    top_k: OptionalInt = Field(None, ge=0, description="Extension: sample from the k likeliest characters; 0 = off.")
+    min_p: float = sampling_field("min_p")
+    repetition_penalty: float = sampling_field("repetition_penalty", le=10.0)
+    repeat_last_n: Int = sampling_field("repeat_last_n", le=1_000_000)
+    regex: str | None = Field(
+        None, min_length=1, max_length=MAX_PATTERN_CHARS, description="Extension: as /complete's `regex`."
+    )
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
     @property
     def prompt_text(self) -> str:
@@ -546,10 +678,19 @@ class OpenAIModelList(BaseModel):
     data: list[OpenAIModel]
 
 
+class OpenAILogprobs(BaseModel):
+    """OpenAI's completions logprobs: one token is one character."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class OpenAIChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: OpenAILogprobs | None = None
     finish_reason: Literal["length", "stop"] | None
 
 

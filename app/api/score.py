@@ -8,6 +8,7 @@ from app.api.deps import ReadyServiceDep, SettingsDep
 from app.api.routing import StrictJSONRoute
 from app.api.schemas import ErrorResponse, ScoreRequest, ScoreResponse
 from app.errors import InvalidInput
+from app.service.scoring import score_text
 
 router = APIRouter(tags=["models"], route_class=StrictJSONRoute)
 
@@ -20,11 +21,17 @@ router = APIRouter(tags=["models"], route_class=StrictJSONRoute)
 )
 def score(req: ScoreRequest, service: ReadyServiceDep, settings: SettingsDep) -> ScoreResponse:
     """Each character is predicted from all the characters before it (the state is carried
-    through the whole text), the way to compare models on your own held-out text."""
+    through the whole text), the way to compare models on your own held-out text. With
+    `per_char`, each character's log-probability (and `top` alternatives): a surprisal map."""
     if len(req.text) > settings.max_score_chars:
         raise InvalidInput(f"text: more than the limit of {settings.max_score_chars} characters", "text")
-    name, s = service.models.score(req.text, req.model)
+    if req.per_char and len(req.text) > settings.max_score_chars_per_char:
+        raise InvalidInput(
+            f"text: more than the limit of {settings.max_score_chars_per_char} characters with per_char", "text"
+        )
+    name, s, chars = score_text(service.models, req.text, req.model, req.top if req.per_char else None)
     return ScoreResponse(
+        chars=chars,
         model=name,
         nats_per_char=s.nats_per_char,
         bits_per_char=s.bits_per_char,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from typing import overload
 
 import torch
 from torch import nn
@@ -71,7 +72,9 @@ def step(
     for layer in range(layers):
         h = state[layer]  # (B, H)
         if layer > 0:  # input and recurrent products in one matrix multiply
-            gates = _product(w.bias[layer], torch.cat((x, h), dim=1), w.w_cat[layer], w.w_cat_rounded[layer])
+            bias, w_cat, w_cat_rounded = w.bias[layer], w.w_cat[layer], w.w_cat_rounded[layer]
+            assert bias is not None and w_cat is not None and w_cat_rounded is not None  # None only for layer 0
+            gates = _product(bias, torch.cat((x, h), dim=1), w_cat, w_cat_rounded)
         elif cfg.cell == "gru":
             gates = x_proj
         else:
@@ -182,5 +185,9 @@ def _build(model: CharRNN, dtype: torch.dtype) -> DecodeWeights:
     )
 
 
+@overload
+def _in_float32(matrices: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]: ...
+@overload
+def _in_float32(matrices: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...]: ...
 def _in_float32(matrices: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...]:
     return tuple(m.float() if m is not None else None for m in matrices)  # float32 ones are returned as they are

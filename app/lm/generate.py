@@ -10,167 +10,18 @@ character: O(n^2) for n characters.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from app.lm import decode
+from app.lm.constraint import CharAutomaton
 from app.lm.model import CharRNN
-from app.lm.settings import setting
-from app.lm.vocab import UNK_INDEX, Vocab
+from app.lm.sampling import RowParams, SamplingParams, Sequence, random_seed, sample_next
+from app.lm.vocab import Vocab
 
 FEED_IN_BATCH = 32  # prefixes up to this long are fed through the shared batched steps
 PREFILL_CHUNK = 512  # longer prefixes are read this many characters per engine step
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_new_chars: int = setting(100, 'characters to generate at most (then finish_reason "length")', ge=0)
-    temperature: float = setting(0.0, "sampling temperature; 0 = greedy (argmax), as in the tutorial", ge=0.0)
-    top_k: int = setting(0, "sample from the k likeliest characters only; 0 = off", ge=0)
-    top_p: float = setting(1.0, "sample from the smallest set whose probability reaches p; 1 = off", gt=0.0, le=1.0)
-    stop: tuple[str, ...] = setting((), 'generation ends (finish_reason "stop") at the first of these; not included')
-
-
-def random_seed() -> int:
-    return secrets.randbits(32)
-
-
-class Sequence:
-    """One completion in progress: its generated characters, its generator and why it ended."""
-
-    def __init__(self, params: SamplingParams, seed: int, index: int = 0):
-        self.params = params
-        self.seed = seed
-        self.index = index
-        # one stream per (seed, index): choices of one request differ, and a sequence's draws
-        # never depend on what else shares its batch
-        self.rng = np.random.default_rng([seed, index])
-        self._uniforms = np.empty(0)  # drawn in blocks: same values as one draw per call, far cheaper
-        self._next_uniform = 0
-        self.chars: list[str] = []
-        self.steps = 0  # characters sampled, including any that a stop string later removed
-        self.finish_reason: str | None = None
-        self._released = 0  # characters already handed to a stream
-        self._stop_window = max((len(s) for s in params.stop), default=0)
-        if params.max_new_chars <= 0:
-            self.finish_reason = "length"
-
-    def uniform(self) -> float:
-        """The next number in [0, 1) of this sequence's own stream."""
-        if self._next_uniform == len(self._uniforms):
-            self._uniforms = self.rng.random(64)
-            self._next_uniform = 0
-        self._next_uniform += 1
-        return self._uniforms[self._next_uniform - 1]
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.chars)
-
-    def append(self, char: str) -> None:
-        self.chars.append(char)
-        self.steps += 1
-        if self._stop_window:
-            tail = "".join(self.chars[-self._stop_window :])
-            for stop in self.params.stop:
-                if tail.endswith(stop):
-                    del self.chars[len(self.chars) - len(stop) :]
-                    self.finish_reason = "stop"
-                    return
-        if self.steps >= self.params.max_new_chars:
-            self.finish_reason = "length"
-
-    def _held_back(self) -> int:
-        """Characters at the end that could still grow into a stop string: not safe to show yet."""
-        if self.finished or not self._stop_window:
-            return 0
-        tail = "".join(self.chars[-self._stop_window :])
-        return max(
-            (k for stop in self.params.stop for k in range(1, len(stop)) if tail.endswith(stop[:k])),
-            default=0,
-        )
-
-    def take_new_text(self) -> str:
-        """Text generated since the last call that no stop string can take back."""
-        upto = len(self.chars) - self._held_back()
-        if upto <= self._released:
-            return ""
-        new = "".join(self.chars[self._released : upto])
-        self._released = upto
-        return new
-
-
-@dataclass(frozen=True)
-class RowParams:
-    """The sampling parameters of a batch's rows as arrays, kept beside the rows so that a step
-    does not gather them from every sequence again."""
-
-    temperature: np.ndarray  # (B,) float64; 0 = greedy
-    top_k: np.ndarray  # (B,) int64; 0 = off
-    top_p: np.ndarray  # (B,) float64; 1 = off
-
-    @classmethod
-    def of(cls, seqs: list[Sequence]) -> RowParams:
-        n = len(seqs)
-        return cls(
-            np.fromiter((s.params.temperature for s in seqs), np.float64, n),
-            np.fromiter((s.params.top_k for s in seqs), np.int64, n),
-            np.fromiter((s.params.top_p for s in seqs), np.float64, n),
-        )
-
-    def take(self, rows) -> RowParams:
-        return RowParams(self.temperature[rows], self.top_k[rows], self.top_p[rows])
-
-    def __add__(self, other: RowParams) -> RowParams:
-        return RowParams(
-            np.concatenate((self.temperature, other.temperature)),
-            np.concatenate((self.top_k, other.top_k)),
-            np.concatenate((self.top_p, other.top_p)),
-        )
-
-
-def sample_next(logits: torch.Tensor, seqs: list[Sequence], params: RowParams | None = None) -> list[int]:
-    """One id per row of logits (B, V), each row with its own parameters; never UNK.
-
-    Works in NumPy on the host: for the small vocabularies of character models its per-call
-    cost is a few microseconds where each torch op costs several. Each row is computed on its
-    own and its cumulative distribution is always taken in vocabulary order, so a row's choice
-    does not depend on what else is in the batch. `params` are the rows' parameters as arrays
-    (RowParams.of(seqs) when not given).
-    """
-    params = RowParams.of(seqs) if params is None else params
-    x = logits.detach().float().cpu().numpy().astype(np.float64)  # (B, V)
-    x[:, UNK_INDEX] = -np.inf
-    greedy = x.argmax(axis=1)  # (B,)
-    rows = np.flatnonzero(params.temperature > 0)
-    if len(rows) == 0:
-        return greedy.tolist()
-    everyone = len(rows) == len(seqs)
-    z = (x if everyone else x[rows]) / params.temperature[rows, None]
-    p = np.exp(z - z.max(axis=1, keepdims=True))  # (S, V) unnormalised; UNK is exp(-inf) = 0
-    vocab_size = p.shape[1]
-    top_k = np.where(params.top_k[rows] > 0, params.top_k[rows], vocab_size)
-    top_p = params.top_p[rows]
-    filtered = np.flatnonzero((top_k < vocab_size) | (top_p < 1.0))
-    if len(filtered):  # top-k / top-p: zero what falls below each row's cut-off probability
-        sub = p[filtered]
-        ranked = -np.sort(-sub, axis=1)  # (F, V) likeliest first
-        before = (np.cumsum(ranked, axis=1) - ranked) / ranked.sum(axis=1, keepdims=True)
-        kept = np.minimum((before < top_p[filtered, None]).sum(axis=1), top_k[filtered])  # >= 1
-        cutoff = ranked[np.arange(len(filtered)), kept - 1]
-        p[filtered] = np.where(sub >= cutoff[:, None], sub, 0.0)
-    cdf = np.cumsum(p, axis=1)  # (S, V)
-    # a sampled row draws exactly one number per step, a greedy row none
-    u = np.array([seqs[r].uniform() for r in rows]) * cdf[:, -1]
-    greedy[rows] = np.argmax(cdf > u[:, None], axis=1)  # first id whose cumulative mass passes u
-    return greedy.tolist()
 
 
 @dataclass
@@ -217,6 +68,8 @@ class DecodeBatch:
         if not seqs:
             return
         ids = self.vocab.encode(prefix)
+        for seq in seqs:
+            seq.start(ids, self.vocab.size)
         if len(ids) <= FEED_IN_BATCH:
             self._join(seqs, self.model.init_state(1), ids)
         else:
@@ -227,6 +80,7 @@ class DecodeBatch:
         state = state.expand(-1, n, -1)  # (R, n, H)
         logits = torch.zeros(n, self.model.config.vocab_size, device=self.device)  # unused until fed
         if self.seqs:
+            assert self.state is not None and self.logits is not None  # set while there are rows
             self.state = torch.cat((self.state, state), dim=1)
             self.logits = torch.cat((self.logits, logits), dim=0)
         else:
@@ -259,6 +113,7 @@ class DecodeBatch:
             self._prefill_chunk()
         if not self.seqs:
             return []
+        assert self.state is not None and self.logits is not None  # set while there are rows
         inputs = [f[0] if f else 0 for f in self.forced]
         sampling = [r for r, f in enumerate(self.forced) if not f]
         finished = []
@@ -271,8 +126,8 @@ class DecodeBatch:
                 seqs, params = [self.seqs[r] for r in sampling], self.params.take(sampling)
             id_to_char = self.vocab.id_to_char
             for r, seq, i in zip(sampling, seqs, sample_next(logits, seqs, params), strict=True):
-                seq.append(id_to_char(i))
-                inputs[r] = i
+                seq.append(i, id_to_char(i) if i >= 0 else "")
+                inputs[r] = max(i, 0)  # an ended row's input is never read
                 if seq.finished:
                     finished.append(seq)
         for f in self.forced:
@@ -295,6 +150,7 @@ class DecodeBatch:
         if not rows:
             self.state = self.logits = None
             return
+        assert self.state is not None and self.logits is not None  # set while there are rows
         index = torch.tensor(rows, device=self.device)
         self.state = self.state.index_select(1, index)
         self.logits = self.logits.index_select(0, index)
@@ -316,10 +172,11 @@ def generate(
     n: int = 1,
     seed: int | None = None,
     dtype: torch.dtype = torch.float32,
+    constraint: CharAutomaton | None = None,
 ) -> list[Sequence]:
     """Completes `prefix` n times, on its own batch. Returns the finished sequences in index order."""
     seed = random_seed() if seed is None else seed
-    seqs = [Sequence(params, seed, i) for i in range(n)]
+    seqs = [Sequence(params, seed, i, constraint) for i in range(n)]
     batch = DecodeBatch(model, vocab, dtype)
     batch.add(prefix, seqs)
     while batch.busy:

@@ -78,6 +78,8 @@ class CharRNN(nn.Module):
     type, (state_rows, B, H), so batches of sequences can be split and joined along dim 1.
     Decoding one character at a time takes the faster path in app.lm.decode."""
 
+    one_hot: torch.Tensor  # buffer registered in __init__ for one-hot encoding
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -24,6 +25,55 @@ class Score:
 
 class ScoringCancelled(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class CharLogprob:
+    """One character as the model saw it: its id, its log-probability given everything before it,
+    and the likeliest alternatives (never UNK) with theirs, likeliest first."""
+
+    id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """The model's distribution over the vocabulary (UNK included), in float32 whatever the logits'
+    dtype: what per-character scores and decoding's log-probabilities both report. (..., V)"""
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def top_alternatives(row: np.ndarray, k: int) -> tuple[tuple[int, float], ...]:
+    """The k likeliest ids of one row of log-probabilities (V,), UNK left out, likeliest first."""
+    if k <= 0:
+        return ()
+    row = row.copy()
+    row[UNK_INDEX] = -np.inf
+    k = min(k, len(row) - 1)
+    best = np.argpartition(-row, k - 1)[:k]
+    best = best[np.argsort(-row[best], kind="stable")]
+    return tuple((int(i), float(row[i])) for i in best)
+
+
+@torch.no_grad()
+def char_logprobs(model: CharRNN, vocab: Vocab, text: str, top: int = 0, chunk: int = 1024) -> list[CharLogprob | None]:
+    """Each character's log-probability given all before it (None for the first, which has no
+    context), with `top` alternatives: a surprisal map of the text, and echo's prefix scores."""
+    was_training = model.training
+    model.eval()
+    device = model.fc.weight.device
+    ids = torch.tensor(vocab.encode(text), dtype=torch.long)
+    out: list[CharLogprob | None] = [None] if len(ids) else []
+    state = None
+    for start in range(0, len(ids) - 1, chunk):
+        x = ids[start : start + chunk].to(device)[None]  # (1, T)
+        y = ids[start + 1 : start + chunk + 1]
+        logits, state = model(x[:, : len(y)], state)  # (1, T, V)
+        lp = log_probs(logits[0]).cpu().numpy()  # (T, V)
+        for row, target in zip(lp, y.tolist(), strict=True):
+            out.append(CharLogprob(target, float(row[target]), top_alternatives(row, top)))
+    model.train(was_training)
+    return out
 
 
 @torch.no_grad()

@@ -246,7 +246,7 @@ class ModelStore:
         sharing the store may be writing right now)."""
         import time
 
-        removed = []
+        removed: list[str] = []
         if not self.root.is_dir():
             return removed
         for p in self.root.glob(".*.tmp"):

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -525,17 +525,21 @@ def train_on_text(
         optimizer_state, start_step = resume.optimizer_state, resume.step
         model_config = model.config
     else:
-        source = data.pad_sentences(sentences) if sentences is not None else corpus
+        source = data.pad_sentences(sentences) if sentences is not None else cast(str, corpus)  # one of them
         vocab = Vocab.from_text(source, min_count=config.min_char_count)
         model_config = ModelConfig(vocab_size=vocab.size, **architecture)
         model = build_model(model_config, config.seed, device)
         optimizer_state, start_step = None, 0
     val_ids = None
+    batches: data.SentenceBatches | data.StreamBatches
     if sentences is not None:
         inputs, targets = data.sentence_pairs(vocab, sentences)
         batches = data.SentenceBatches(inputs, targets, config.batch_size, config.seed)
+        corpus_chars = sum(len(s) for s in sentences)
         train_chars = inputs.numel()
     else:
+        assert corpus is not None  # exactly one of the two, checked above
+        corpus_chars = len(corpus)
         ids = torch.tensor(vocab.encode(corpus), dtype=torch.long)
         train_ids, val_ids = data.split_validation(ids, config.val_fraction)
         batches = data.StreamBatches(train_ids, config.batch_size, config.seq_len, rank, world)
@@ -562,7 +566,7 @@ def train_on_text(
         vocab=vocab,
         model_config=model_config,
         result=result,
-        corpus_chars=len(corpus) if corpus is not None else sum(len(s) for s in sentences),
+        corpus_chars=corpus_chars,
         train_chars=train_chars,
         val_chars=len(val_ids) if val_ids is not None else 0,
     )

@@ -77,7 +77,7 @@ class CorpusStore:
             return self._keep(draft)
 
     async def receive_multipart(self, boundary: bytes, chunks: AsyncIterator[bytes]) -> dict:
-        """Writes the first file part (or the part named `file`; else the first field) as it arrives."""
+        """Writes the first file part (one with a filename, or the part named `file`) as it arrives."""
         if not boundary:
             raise InvalidInput("a multipart/form-data body needs a boundary in its Content-Type", "file")
         with self._draft("file") as draft:
@@ -87,15 +87,16 @@ class CorpusStore:
                 total += len(chunk)
                 if total > self.max_bytes + MULTIPART_SLACK:
                     raise TooLarge(f"the upload is larger than the limit of {self.max_bytes} bytes", "file")
-                for event, data in reader.feed(chunk):
-                    if event == "restart":
-                        await draft.restart()
-                    else:
-                        await draft.write(data)
+                for data in reader.feed(chunk):
+                    await draft.write(data)
             if not reader.ended:
                 raise InvalidInput("the multipart body ends before its closing boundary", "file")
-            if reader.chosen is None:
-                raise InvalidInput("the multipart body has no part; send the text as a part named 'file'", "file")
+            if not reader.chosen:
+                raise InvalidInput(
+                    "the multipart body has no part named 'file' (nor one with a filename); "
+                    "send the text as a part named 'file'",
+                    "file",
+                )
             return self._keep(draft)
 
     @contextlib.contextmanager
@@ -138,11 +139,6 @@ class _Draft:
         self.size = self.chars = 0
         self.has_text = False
 
-    async def restart(self) -> None:
-        await run_in_threadpool(self.file.truncate, 0)
-        self.file.seek(0)
-        self._reset()
-
     async def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self.max_bytes:
@@ -171,8 +167,8 @@ class _Draft:
 class _PartReader:
     """Streams a multipart/form-data body, passing on the data of one part.
 
-    The part taken is the first with a filename or named `file`; until one comes, the first part
-    of any kind stands in, and is dropped (a "restart" event) if a file part follows.
+    The part taken is the first with a filename or named `file`; other parts (form fields) are
+    skipped. A body with no such part is refused: the API schema says a part named `file`.
     """
 
     def __init__(self, boundary: bytes):
@@ -189,15 +185,15 @@ class _PartReader:
                 "on_end": self._end,
             },
         )
-        self.chosen: str | None = None  # "file" or "field": the kind of part being kept
+        self.chosen = False  # whether a file part has been found (and is being kept)
         self.ended = False
-        self._events: list[tuple[str, bytes]] = []
+        self._events: list[bytes] = []
         self._taking = False
         self._headers: dict[bytes, bytes] = {}
         self._field = self._value = b""
 
-    def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
-        """Parses a piece of the body; returns ("data", bytes) and ("restart", b"") events in order."""
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Parses a piece of the body; returns the file's data in it, in order."""
         if self.ended:
             return []  # what follows the closing boundary is an epilogue, ignored by the standard
         try:
@@ -223,15 +219,12 @@ class _PartReader:
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         is_file = b"filename" in options or options.get(b"name") == b"file"
-        if self.chosen is None or (is_file and self.chosen == "field"):
-            if self.chosen is not None:
-                self._events.append(("restart", b""))
-            self.chosen = "file" if is_file else "field"
-            self._taking = True
+        if is_file and not self.chosen:
+            self.chosen = self._taking = True
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._taking:
-            self._events.append(("data", data[start:end]))
+            self._events.append(data[start:end])
 
     def _part_end(self) -> None:
         self._taking = False

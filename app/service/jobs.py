@@ -88,7 +88,7 @@ class TrainingJobs:
         device: torch.device,
         metrics: Metrics,
         max_kept: int,
-        on_trained: Callable[[Checkpoint], None],
+        on_trained: Callable[[Checkpoint], object],
     ):
         self.store = store
         self.device = device

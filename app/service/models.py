@@ -4,7 +4,9 @@ atomic swaps, replicas following the shared store, model details and scoring."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -15,7 +17,6 @@ from app.engine import LoadedModel
 from app.errors import Conflict, InvalidInput, NotFound
 from app.lm import default as default_model
 from app.lm.device import decode_dtype
-from app.lm.score import Score, score_text
 from app.lm.store import Checkpoint, CorruptCheckpoint, InvalidModelName, ModelNotFound, ModelStore
 from app.lm.train import TrainingCancelled, train_on_text
 from app.metrics import Metrics
@@ -38,6 +39,9 @@ class Models:
         self.metrics = metrics
         self._active: LoadedModel | None = None
         self.how_loaded: str | None = None  # "loaded" | "trained": how the first model got here
+        # other stored models that requests named, least recently used first (the active one aside)
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
 
     @property
     def active_or_none(self) -> LoadedModel | None:
@@ -48,11 +52,16 @@ class Models:
         assert self._active is not None, "no model loaded yet"
         return self._active
 
+    def _loaded_model(self, checkpoint: Checkpoint) -> LoadedModel:
+        dtype = decode_dtype(self.settings.decode_precision, self.device, checkpoint.model.config.hidden_size)
+        return LoadedModel(checkpoint.name, checkpoint.model, checkpoint.vocab, checkpoint.meta, dtype)
+
     def swap_in(self, checkpoint: Checkpoint) -> LoadedModel:
         """Makes `checkpoint` the model served by default, as one reference swap: requests in flight
         finish on the model they started with."""
-        dtype = decode_dtype(self.settings.decode_precision, self.device, checkpoint.model.config.hidden_size)
-        self._active = LoadedModel(checkpoint.name, checkpoint.model, checkpoint.vocab, checkpoint.meta, dtype)
+        self._active = self._loaded_model(checkpoint)
+        with self._lock:
+            self._loaded.pop(checkpoint.name, None)  # the active model is held apart
         self.metrics.active_model.info(
             {"name": checkpoint.name, "created_at": str(checkpoint.meta.get("created_at", ""))}
         )
@@ -169,6 +178,7 @@ class Models:
             raise Conflict(f"{user} is using model {name!r}", "name")
         with store_errors("name"):
             self.store.delete(name)
+        self.forget(name)
         log.info("deleted model %r", name)
 
     def summaries(self) -> list[dict]:
@@ -217,18 +227,33 @@ class Models:
         }
 
     def get(self, name: str | None, param: str = "model") -> LoadedModel:
-        """The model a request names (the active one when it names none), loaded if need be."""
+        """The model a request names (the active one when it names none), loaded if need be and kept
+        among the `max_loaded_models` most recently used. Blocking (a load reads the disk): call it
+        off the event loop. A stored model replaced since it was loaded is loaded again."""
         active = self.active
         if name is None or name == active.name:
             return active
         with store_errors(param):
-            checkpoint = self.store.load(name, self.device)
-        dtype = decode_dtype(self.settings.decode_precision, self.device, checkpoint.model.config.hidden_size)
-        return LoadedModel(checkpoint.name, checkpoint.model, checkpoint.vocab, checkpoint.meta, dtype)
+            sha = self.store.read_meta(name).get("weights_sha256")
+            with self._lock:
+                loaded = self._loaded.get(name)
+                if loaded is not None and loaded.meta.get("weights_sha256") == sha:
+                    self._loaded.move_to_end(name)
+                    self.metrics.model_loads.labels("hit").inc()
+                    return loaded
+            loaded = self._loaded_model(self.store.load(name, self.device))
+        self.metrics.model_loads.labels("load").inc()
+        with self._lock:
+            self._loaded[name] = loaded
+            self._loaded.move_to_end(name)
+            while len(self._loaded) > self.settings.max_loaded_models:
+                evicted, _ = self._loaded.popitem(last=False)
+                log.info("unloaded model %r (least recently used of %d)", evicted, self.settings.max_loaded_models)
+        return loaded
 
-    def score(self, text: str, name: str | None = None) -> tuple[str, Score]:
-        loaded = self.get(name)
-        return loaded.name, score_text(loaded.model, loaded.vocab, text)
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._loaded.pop(name, None)
 
 
 @contextmanager

@@ -33,7 +33,7 @@ class TrainSpec:
     corpus_file_chars: int | None = None
     sentences: list[str] | None = None
     resume_from: str | None = None
-    activate: bool = True
+    activate: bool = False
     overwrite: bool = False
     options: dict = field(default_factory=dict)  # any of MODEL_FIELDS and TRAIN_FIELDS
 

@@ -55,7 +55,6 @@ def test_a_file_part_stores_exactly_the_files_bytes(client):
         ([('name="note"', b"not this one"), ('name="upload"; filename="a.txt"', DATA)], DATA),  # first file part
         ([('name="note"', b"not this one"), ('name="file"', DATA)], DATA),  # curl -F "file=<a.txt"
         ([('name="file"; filename="a.txt"', DATA), ('name="file"; filename="b.txt"', b"a second file")], DATA),
-        ([('name="text"', DATA)], DATA),  # a text field, when there is no file part
     ],
 )
 def test_the_part_taken_is_the_file(client, parts, expected):
@@ -63,6 +62,16 @@ def test_the_part_taken_is_the_file(client, parts, expected):
     r = client.post("/corpora", content=body, headers=headers)
     assert r.status_code == 201, r.text
     assert stored(client, r.json()["corpus_id"]) == expected
+
+
+def test_a_form_without_a_file_part_is_422_naming_file(small):
+    """The schema says a part named `file`: a form of other fields is refused, not read as the text."""
+    body, headers = form(('name="text"', b"a text field"), ('name="note"', b"another field"))
+    r = small.post("/corpora", content=body, headers=headers)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["param"] == "file" and "named 'file'" in error["message"], error
+    assert_nothing_left(small)
 
 
 def test_a_multipart_body_is_parsed_as_it_streams(tmp_path):
@@ -194,11 +203,9 @@ def test_delete_needs_the_admin_key(tmp_path):
 def test_the_docs_show_both_ways_to_upload(client):
     operations = client.get("/openapi.json").json()["paths"]["/corpora"]
     content = operations["post"]["requestBody"]["content"]
-    assert content["text/plain"]["schema"]["type"] == "string"
-    assert content["multipart/form-data"]["schema"]["properties"]["file"] == {
-        "type": "string",
-        "format": "binary",
-        "description": "The UTF-8 text.",
-    }
+    text = content["text/plain"]["schema"]  # what is kept: UTF-8 text, 3 characters or more, not only whitespace
+    assert text["type"] == "string" and text["minLength"] == 3 and "pattern" in text
+    assert content["multipart/form-data"]["schema"]["properties"]["file"] == text
+    assert content["multipart/form-data"]["schema"]["required"] == ["file"]
     assert "415" in operations["post"]["responses"]
     assert "204" in client.get("/openapi.json").json()["paths"]["/corpora/{corpus_id}"]["delete"]["responses"]

@@ -12,7 +12,7 @@ BAD_COMPLETIONS = [
     ({"prefix": "a", "temperature": -0.5}, "temperature"),
     ({"prefix": "a", "temperature": "NaN"}, "temperature"),
     ({"prefix": "a", "top_k": -1}, "top_k"),
-    ({"prefix": "a", "top_p": 0}, "top_p"),
+    ({"prefix": "a", "top_p": -0.1}, "top_p"),  # 0 is allowed: only the likeliest character
     ({"prefix": "a", "top_p": 1.5}, "top_p"),
     ({"prefix": "a", "seed": -3}, "seed"),
     ({"prefix": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop"),

@@ -1,15 +1,8 @@
 import pytest
 import torch
 
-from app.lm.generate import (
-    FEED_IN_BATCH,
-    PREFILL_CHUNK,
-    DecodeBatch,
-    SamplingParams,
-    Sequence,
-    generate,
-    sample_next,
-)
+from app.lm.generate import FEED_IN_BATCH, PREFILL_CHUNK, DecodeBatch, generate
+from app.lm.sampling import SamplingParams, Sequence, sample_next
 from app.lm.model import CharRNN, ModelConfig
 from app.lm.train import build_model
 from app.lm.vocab import UNK_INDEX, Vocab
@@ -138,7 +131,7 @@ def test_stop_string_ends_generation_and_is_not_included():
     for ch in " i am fine":
         if seq.finished:
             break
-        seq.append(ch)
+        seq.append(1, ch)
     assert seq.text == " i "
     assert seq.finish_reason == "stop"
 
@@ -147,15 +140,15 @@ def test_stream_holds_back_a_possible_stop_string():
     seq = Sequence(SamplingParams(max_new_chars=100, stop=("fine", "xyz")), seed=0)
     released = []
     for ch in " i am fin":
-        seq.append(ch)
+        seq.append(1, ch)
         released.append(seq.take_new_text())
     assert "".join(released) == " i am "  # "fin" may still become "fine"
-    seq.append("d")
+    seq.append(1, "d")
     assert seq.take_new_text() == "find"
     seq2 = Sequence(SamplingParams(max_new_chars=100, stop=("fine",)), seed=0)
     out = ""
     for ch in "a fine":
-        seq2.append(ch)
+        seq2.append(1, ch)
         out += seq2.take_new_text()
     assert out == "a " and seq2.finish_reason == "stop"
 
