@@ -147,7 +147,7 @@ def train(args: argparse.Namespace) -> int:
     import torch.distributed as dist
     from tqdm import tqdm
 
-    from app.lm.data import minimum_corpus_chars
+    from app.lm.data import MIN_CORPUS_CHARS
     from app.service.training import MODEL_FIELDS, TRAIN_FIELDS, TrainSpec, run_training
 
     _setup_logging(get_settings().log_level)
@@ -165,15 +165,12 @@ def train(args: argparse.Namespace) -> int:
         resume_from=args.resume_from,
         options=options,
     )
-    config = spec.train_config()  # a ValueError names the setting; main() turns it into the flag
-    if spec.corpus is not None:
-        needed = minimum_corpus_chars(config.batch_size, config.val_fraction, _world_size())
-        if len(spec.corpus) < needed:
-            raise CliError(
-                f"--corpus {args.corpus}: {len(spec.corpus)} characters is too short for one training window "
-                f"with --batch-size {config.batch_size} and --val-fraction {config.val_fraction} (needs at least "
-                f"{needed}); use more text or lower --batch-size"
-            )
+    spec.train_config()  # a ValueError names the setting; main() turns it into the flag
+    needed = MIN_CORPUS_CHARS * _world_size()
+    if spec.corpus is not None and len(spec.corpus) < needed:
+        raise CliError(
+            f"--corpus {args.corpus}: {len(spec.corpus)} characters is too short to train on (at least {needed})"
+        )
     rank, world = _init_distributed(device)
     bar = None  # opened at the first report, so an error before training starts is the only line on stderr
 

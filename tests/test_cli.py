@@ -129,7 +129,7 @@ def test_complete_json_has_the_model_seed_and_choices(trained, capsys):
 ERRORS = {  # id: (arguments, exit status, what the line must say)
     "unknown model": (["complete", "x", "--model", "nosuch"], 2, "no model named 'nosuch'"),
     "missing corpus": (["train", "--corpus", "{tmp}/missing.txt", "--name", "a"], 2, "--corpus"),
-    "short corpus": (["train", "--corpus", "{tmp}/short.txt", "--name", "a"], 2, "--batch-size 32 and --val-fraction"),
+    "short corpus": (["train", "--corpus", "{tmp}/short.txt", "--name", "a"], 2, "too short to train on (at least 3)"),
     "existing name": (["train", "--corpus", "{tmp}/corpus.txt", "--name", "hamlet"], 2, "--overwrite"),
     "not UTF-8 corpus": (["train", "--corpus", "{tmp}/latin1.txt", "--name", "a"], 2, "not UTF-8"),
     "corpus is a folder": (["train", "--corpus", "{tmp}", "--name", "a"], 2, "--corpus"),
@@ -148,7 +148,7 @@ ERRORS = {  # id: (arguments, exit status, what the line must say)
 def test_an_error_is_one_line_naming_flags_not_fields_nor_the_store(case, trained, tmp_path, capsys):
     store, _ = trained
     (tmp_path / "corpus.txt").write_text(CORPUS)
-    (tmp_path / "short.txt").write_text("to be")
+    (tmp_path / "short.txt").write_text("to")
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "bad.json").write_text("{}")

@@ -23,7 +23,7 @@ def loaded():
 async def run(engine, loaded, specs):
     loop = asyncio.get_running_loop()
     reqs = [
-        GenerationRequest(prefix=p, params=params, n=n, seed=seed, loaded=loaded, loop=loop)
+        GenerationRequest(prompts=[p], params=params, n=n, seed=seed, loaded=loaded, loop=loop)
         for p, params, n, seed in specs
     ]
     for r in reqs:
@@ -56,9 +56,9 @@ def test_a_full_queue_is_refused_with_retry_after(loaded):
     async def fill():
         loop = asyncio.get_running_loop()
         for _ in range(2):
-            engine.submit(GenerationRequest("a", SamplingParams(), 1, 0, loaded, loop=loop))
+            engine.submit(GenerationRequest(["a"], SamplingParams(), 1, 0, loaded, loop=loop))
         with pytest.raises(Overloaded) as err:
-            engine.submit(GenerationRequest("a", SamplingParams(), 1, 0, loaded, loop=loop))
+            engine.submit(GenerationRequest(["a"], SamplingParams(), 1, 0, loaded, loop=loop))
         return err.value
 
     err = asyncio.run(fill())

@@ -26,7 +26,8 @@ def test_a_model_activated_on_one_replica_is_served_by_the_other(tmp_path):
         worker = threading.Thread(target=hammer)
         worker.start()
         try:
-            job = httpx.post(a.url + "/train", json={"name": "night", "sentences": ["good night moon"]}).json()
+            body = {"name": "night", "sentences": ["good night moon"], "activate": True}
+            job = httpx.post(a.url + "/train", json=body).json()
             wait_for(lambda: httpx.get(f"{a.url}/train/{job['job_id']}").json()["status"] == "succeeded")
             wait_for(lambda: httpx.get(b.url + "/health").json()["model"] == "night", timeout=10)
             wait_for(lambda: answers and answers[-1].json()["model"] == "night", timeout=10)

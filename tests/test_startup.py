@@ -35,7 +35,7 @@ def test_first_start_trains_and_saves_then_a_restart_loads_without_training(tmp_
 
 def test_a_trained_active_model_survives_a_restart(tmp_path):
     with serving(create_app(make_settings(tmp_path))) as c:
-        r = c.post("/train", json={"name": "mine", "sentences": ["good night moon"], "epochs": 120})
+        r = c.post("/train", json={"name": "mine", "sentences": ["good night moon"], "epochs": 120, "activate": True})
         assert wait_for_job(c, r.json()["job_id"])["status"] == "succeeded"
         before = c.post("/complete", json={"prefix": "good", "max_new_chars": 11, "temperature": 0.8, "seed": 3})
     with serving(create_app(make_settings(tmp_path))) as c:

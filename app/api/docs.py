@@ -3,6 +3,7 @@ by the service itself (from the fastapi-offline package), so they work without i
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import fastapi_offline
@@ -87,7 +88,20 @@ def settings_bounds(settings: Settings) -> dict[tuple[str, str], dict[str, float
         ("OpenAICompletionRequest", "n"): {"maximum": n},
         ("OpenAICompletionRequest", "stop"): {"maxLength": stop},
         ("ScoreRequest", "text"): {"maxLength": settings.max_score_chars},
+        ("TrainRequest", "corpus"): {"maxLength": settings.max_corpus_chars},
+        ("TrainRequest", "hidden_size"): {"maximum": settings.max_hidden_size},
+        ("TrainRequest", "num_layers"): {"maximum": settings.max_num_layers},
+        ("TrainRequest", "epochs"): {"maximum": settings.max_epochs},
+        ("TrainRequest", "max_seconds"): {"maximum": settings.max_train_seconds},
+        # a product cannot be stated: each of the two may be up to the square root of the bound
+        ("TrainRequest", "batch_size"): {"maximum": window_bound(settings)},
+        ("TrainRequest", "seq_len"): {"maximum": window_bound(settings)},
     }
+
+
+def window_bound(settings: Settings) -> int:
+    """batch_size and seq_len may each be up to this: their product stays within max_batch_chars."""
+    return max(1, math.isqrt(settings.max_batch_chars))
 
 
 BOUND_TYPES = {"maxLength": ("string",), "maxItems": ("array",), "maximum": ("integer", "number")}

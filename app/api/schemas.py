@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Unpack
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
 from app.lm.constraint import MAX_PATTERN_CHARS
+from app.lm.data import MIN_CORPUS_CHARS
 from app.lm.model import ARCHITECTURE, ModelConfig
 from app.lm.sampling import MAX_LOGPROBS, SamplingParams
 from app.lm.settings import Setting, settings_of
-from app.lm.store import NAME_PATTERN
 from app.lm.train import TrainConfig
 
 # A stored model's name as the store checks it (app/lm/store.py: NAME_PATTERN and no ".."), in a
@@ -21,7 +21,8 @@ MODEL_NAME_REGEX = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
 MODEL_NAME_RULE = "1-64 letters, digits, '_', '-' or '.', starting with a letter or digit, without '..'."
 
 ModelName = Field(
-    pattern=f"^{NAME_PATTERN.pattern}$",
+    pattern=MODEL_NAME_REGEX,
+    max_length=64,
     description="1-64 letters, digits, '_', '-' or '.', starting with a letter or digit.",
     examples=["shakespeare"],
 )
@@ -75,11 +76,22 @@ TopP = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False), AfterValidat
 TopK = Annotated[int, Field(ge=0), BeforeValidator(_integral), AfterValidator(lambda k: min(k, 2**31 - 1))]
 
 
+def _above_zero(value: float | None) -> float | None:
+    """For settings that must be above 0: 1e-400 is above 0 as written but reads as 0.0, so the schema
+    allows 0 and 0 means the smallest positive number."""
+    return value if value is None else max(value, math.ulp(0.0))
+
+
+AboveZero = Annotated[float, AfterValidator(_above_zero)]
+
+
 def sampling_field(name: str, **overrides: Any) -> Any:
     """A request field for one of SamplingParams' settings: its default, description and bounds as
     declared there (app/lm/sampling.py)."""
     [s] = [s for s in settings_of(SamplingParams) if s.name == name]
     extra: dict[str, Any] = {"allow_inf_nan": False} if s.type is float else {}
+    if s.bounds.get("gt") == 0:  # see _above_zero: the field's type clamps 0 up
+        s.bounds["ge"] = s.bounds.pop("gt")
     description = s.help[:1].upper() + s.help[1:] + "."
     return Field(s.default, description=description, **{**s.bounds, **overrides, **extra})
 
@@ -112,7 +124,7 @@ class CompleteRequest(StrictModel):
         description="Any stored model (GET /models), loaded on demand; null = the active model.",
     )
     min_p: float = sampling_field("min_p")
-    repetition_penalty: float = sampling_field("repetition_penalty", le=10.0)
+    repetition_penalty: AboveZero = sampling_field("repetition_penalty", le=10.0)
     repeat_last_n: Int = sampling_field("repeat_last_n", le=1_000_000)
     presence_penalty: float = sampling_field("presence_penalty")
     frequency_penalty: float = sampling_field("frequency_penalty")
@@ -121,7 +133,7 @@ class CompleteRequest(StrictModel):
             default_factory=dict,
             max_length=1024,
             description="Added to the logits of these characters before sampling (-100 bans one, +100 forces it).",
-            examples=[{"x": -100.0}],
+            examples=[{"y": -5.0}],
         )
     )
     logprobs: OptionalInt = Field(
@@ -145,7 +157,8 @@ class CompleteRequest(StrictModel):
         "or lookarounds): each character must keep the text a possible prefix of a match; where the text "
         "already matches, the characters that cannot continue it are the chance to end there "
         '(finish_reason "stop").',
-        examples=["[0-9]{4}-[0-9]{2}-[0-9]{2}"],
+        examples=["(good|have a nice day)"],
+        json_schema_extra={"format": "regex"},
     )
 
 
@@ -228,19 +241,30 @@ class TrainRequestBase(StrictModel):
                 },
                 {"name": "poem", "corpus": "the rain in spain stays mainly in the plain\n" * 20, "max_seconds": 30},
                 {"name": "plays", "corpus_id": "3f2a9c0d1e4b4f6a8c7d9e0f1a2b3c4d", "max_seconds": 600},
-            ]
+            ],
+            # exactly one source of text, not null
+            "oneOf": [
+                {"required": [source], "properties": {source: {"not": {"type": "null"}}}}
+                for source in ("corpus", "sentences", "corpus_id")
+            ],
         },
     )
 
     name: str = ModelName
-    corpus: Text | None = Field(None, min_length=2, description="One training text (or sentences, or corpus_id).")
+    corpus: Text | None = Field(
+        None,
+        min_length=MIN_CORPUS_CHARS,
+        pattern=r"\S",
+        description="One training text (or sentences, or corpus_id); a short one is read as fewer streams.",
+    )
     corpus_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="A text uploaded with POST /corpora.")
-    sentences: list[Text] | None = Field(
+    sentences: list[Annotated[Text, Field(min_length=2)]] | None = Field(
         None, min_length=1, description="Separate sentences, padded with spaces to the longest, as in the tutorial."
     )
     resume_from: str | None = Field(
         None,
-        pattern=f"^{NAME_PATTERN.pattern}$",
+        pattern=MODEL_NAME_REGEX,
+        max_length=64,
         description="Continue training this stored model (its vocabulary, architecture and optimizer state).",
     )
     activate: bool = Field(
@@ -254,7 +278,7 @@ class TrainRequestBase(StrictModel):
     def _one_source(self) -> TrainRequestBase:
         if sum(x is not None for x in (self.corpus, self.sentences, self.corpus_id)) != 1:
             raise ValueError("give exactly one of corpus, sentences or corpus_id")
-        if self.sentences is not None and max(len(s) for s in self.sentences) < 2:
+        if self.sentences is not None and max(len(s) for s in self.sentences) < 2:  # pragma: no cover
             raise ValueError("sentences need at least 2 characters")
         if self.corpus is not None and not self.corpus.strip():
             raise ValueError("corpus is empty or only whitespace")
@@ -268,10 +292,13 @@ def optional_fields(settings: list[Setting]) -> dict[str, Any]:
     for s in settings:
         kind: Any = Literal[s.choices] if s.choices else s.type
         limits: dict[str, Any] = {**s.bounds, "allow_inf_nan": False} if s.type is float else {**s.bounds}
-        out[s.name] = (
-            kind | None,
-            Field(None, description=s.help[:1].upper() + s.help[1:] + ".", **limits),
-        )
+        if s.type is int:  # 5.0 is an integer in JSON Schema
+            kind = OptionalInt
+        elif s.type is float and limits.get("gt") == 0:
+            kind, limits["ge"] = Annotated[float | None, AfterValidator(_above_zero)], limits.pop("gt")
+        else:
+            kind = kind | None
+        out[s.name] = (kind, Field(None, description=s.help[:1].upper() + s.help[1:] + ".", **limits))
     return out
 
 
@@ -641,10 +668,14 @@ class OpenAICompletionRequest(BaseModel):
     suffix: str | None = Field(None, max_length=0, description="Not implemented: only null or empty.")
     top_k: OptionalInt = Field(None, ge=0, description="Extension: sample from the k likeliest characters; 0 = off.")
     min_p: float = sampling_field("min_p")
-    repetition_penalty: float = sampling_field("repetition_penalty", le=10.0)
+    repetition_penalty: AboveZero = sampling_field("repetition_penalty", le=10.0)
     repeat_last_n: Int = sampling_field("repeat_last_n", le=1_000_000)
     regex: str | None = Field(
-        None, min_length=1, max_length=MAX_PATTERN_CHARS, description="Extension: as /complete's `regex`."
+        None,
+        min_length=1,
+        max_length=MAX_PATTERN_CHARS,
+        description="Extension: as /complete's `regex`.",
+        json_schema_extra={"format": "regex"},
     )
 
     @property

@@ -8,9 +8,11 @@ import json
 from fastapi import APIRouter, Request
 
 from app.api.deps import CorporaDep, ServiceDep, SettingsDep
+from app.api.docs import window_bound
 from app.api.generation import event_stream
 from app.api.routing import StrictJSONRoute
 from app.api.schemas import ErrorResponse, TrainAccepted, TrainJobStatus, TrainRequest
+from app.config import Settings
 from app.errors import InvalidInput
 from app.service.jobs import TrainingJob
 from app.service.training import MODEL_FIELDS, TRAIN_FIELDS, TrainSpec
@@ -24,22 +26,25 @@ def check_limits(req: TrainRequest, settings) -> None:
         raise InvalidInput(f"corpus: more than the limit of {settings.max_corpus_chars} characters", "corpus")
     if req.sentences is not None and sum(len(s) for s in req.sentences) > settings.max_corpus_chars:
         raise InvalidInput(f"sentences: more than the limit of {settings.max_corpus_chars} characters", "sentences")
+    window = window_bound(settings)  # batch_size x seq_len stays within max_batch_chars (a memory bound)
     for name, limit in (
         ("hidden_size", settings.max_hidden_size),
         ("num_layers", settings.max_num_layers),
         ("epochs", settings.max_epochs),
         ("max_seconds", settings.max_train_seconds),
+        ("batch_size", window),
+        ("seq_len", window),
     ):
         value = getattr(req, name)
         if value is not None and value > limit:
             raise InvalidInput(f"{name}: at most {limit}", name)
 
-    batch, seq = req.batch_size or 0, req.seq_len or 0
-    if batch * seq > settings.max_batch_chars:
-        raise InvalidInput(
-            f"batch_size x seq_len = {batch * seq} is more than the limit of {settings.max_batch_chars} per step",
-            "batch_size",
-        )
+
+def time_budget(spec: TrainSpec, settings: Settings) -> None:
+    """Every job stops by CHARRNN_MAX_TRAIN_SECONDS, also one that set no budget of its own."""
+    budget = spec.train_config().max_seconds
+    if budget == 0 or budget > settings.max_train_seconds:
+        spec.options["max_seconds"] = settings.max_train_seconds
 
 
 def job_status(job: TrainingJob) -> TrainJobStatus:
@@ -90,6 +95,7 @@ def start_training(req: TrainRequest, service: ServiceDep, settings: SettingsDep
         overwrite=req.overwrite,
         options=options,
     )
+    time_budget(spec, settings)
     return TrainAccepted(job_id=service.jobs.submit(spec).job_id)
 
 

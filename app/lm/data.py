@@ -28,17 +28,12 @@ def sentence_pairs(vocab: Vocab, sentences: list[str]) -> tuple[torch.Tensor, to
 def split_validation(ids: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The last `val_fraction` of the text is held out (as char-rnn and nanoGPT do)."""
     n_val = int(len(ids) * val_fraction)
-    if val_fraction > 0 and n_val < 2:
-        raise ValueError("the corpus is too short to hold out a validation split; lower val_fraction")
+    if val_fraction > 0 and n_val < 2:  # a short text: two characters, if training keeps its minimum
+        n_val = 2 if len(ids) - 2 >= MIN_CORPUS_CHARS else 0
     return ids[: len(ids) - n_val], ids[len(ids) - n_val :]
 
 
-def minimum_corpus_chars(batch_size: int, val_fraction: float, world: int = 1) -> int:
-    """The shortest corpus that gives every stream two characters and the validation split two."""
-    train_min = 2 * batch_size * world + 1
-    if val_fraction <= 0:
-        return train_min
-    return max(math.ceil(train_min / (1 - val_fraction)), math.ceil(2 / val_fraction))
+MIN_CORPUS_CHARS = 3  # one stream of two (input, target) pairs
 
 
 class SentenceBatches:
@@ -67,19 +62,22 @@ class StreamBatches:
     Window k of every stream follows window k-1, so the trainer can carry the recurrent state
     across windows (truncated backpropagation through time, as char-rnn does): the model learns
     from context far longer than one window. Under distributed training each rank takes its own
-    `batch_size` streams out of `world * batch_size`.
+    `batch_size` streams out of `world * batch_size`. `batch_size` is an upper bound: a text too
+    short for that many streams of two characters is read as fewer (`self.batch_size` says how many).
     """
 
     stateful = True
 
     def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, rank: int = 0, world: int = 1):
+        batch_size = max(1, min(batch_size, (len(ids) - 1) // (2 * world)))
         streams = batch_size * world
         length = (len(ids) - 1) // streams
         if length < 2:
             raise ValueError(
-                f"the training text ({len(ids)} characters) is too short for {streams} streams; "
-                "lower batch_size or send more text"
+                f"the training text ({len(ids)} characters) is too short: at least {MIN_CORPUS_CHARS * world} "
+                "are needed"
             )
+        self.batch_size = batch_size
         self.seq_len = min(seq_len, length)
         self.steps_per_epoch = max(1, length // self.seq_len)
         usable = length * streams

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import torch
 
 from app.errors import Conflict, InvalidInput, NotFound
-from app.lm.data import minimum_corpus_chars
+from app.lm.data import MIN_CORPUS_CHARS
 from app.lm.store import Checkpoint, InvalidModelName, ModelStore
 from app.lm.train import Evaluation, Progress, Trained, TrainingCancelled, TrainingDiverged
 from app.metrics import Metrics
@@ -118,20 +118,19 @@ class TrainingJobs:
     def _check(self, spec: TrainSpec) -> None:
         try:
             exists = self.store.exists(spec.name)
+        except InvalidModelName as exc:
+            raise InvalidInput(str(exc), "name") from None
+        try:
             if spec.resume_from is not None and not self.store.exists(spec.resume_from):
                 raise NotFound(f"no model named {spec.resume_from!r} to resume from", "resume_from")
         except InvalidModelName as exc:
-            raise InvalidInput(str(exc), "name") from None
-        if spec.corpus_chars is not None:
-            config = spec.train_config()
-            needed = minimum_corpus_chars(config.batch_size, config.val_fraction)
-            if spec.corpus_chars < needed:
-                raise InvalidInput(
-                    f"corpus: {spec.corpus_chars} characters is too short for one training window with "
-                    f"batch_size {config.batch_size} and val_fraction {config.val_fraction} (needs at least "
-                    f"{needed}); send more text or lower batch_size",
-                    "corpus" if spec.corpus is not None else "corpus_id",
-                )
+            raise InvalidInput(str(exc), "resume_from") from None
+        if spec.corpus_chars is not None and spec.corpus_chars < MIN_CORPUS_CHARS:
+            # (a short text is read as fewer streams, with a smaller validation split or none)
+            raise InvalidInput(
+                f"corpus: {spec.corpus_chars} characters is too short to train on (at least {MIN_CORPUS_CHARS})",
+                "corpus" if spec.corpus is not None else "corpus_id",
+            )
         if exists and not spec.overwrite and spec.resume_from != spec.name:
             raise Conflict(f"a model named {spec.name!r} already exists; set overwrite to replace it", "name")
 

@@ -65,7 +65,7 @@ def test_score_per_char_has_its_own_limit(tmp_path):
     ("option", "bad"),
     [
         ("min_p", 1.5),
-        ("repetition_penalty", 0),
+        ("repetition_penalty", -1),
         ("presence_penalty", 3),
         ("frequency_penalty", -3),
         ("logprobs", 21),

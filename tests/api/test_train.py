@@ -2,7 +2,13 @@ import threading
 
 from tests.conftest import wait_for, wait_for_job
 
-GREETINGS = {"name": "swapped", "sentences": ["good evening sir", "hey you"], "epochs": 150, "seed": 1}
+GREETINGS = {
+    "name": "swapped",
+    "sentences": ["good evening sir", "hey you"],
+    "epochs": 150,
+    "seed": 1,
+    "activate": True,
+}
 
 
 def test_a_training_job_changes_what_complete_returns(fresh_client):

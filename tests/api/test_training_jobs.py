@@ -104,8 +104,9 @@ def test_upload_a_corpus_and_train_on_it(fresh_client):
     r = fresh_client.post("/train", json={"name": "nope", "corpus_id": "0" * 32})
     assert r.status_code == 404 and r.json()["error"]["param"] == "corpus_id"
     tiny = fresh_client.post("/corpora", content=b"abc de").json()["corpus_id"]
-    r = fresh_client.post("/train", json={"name": "tiny", "corpus_id": tiny})
-    assert r.status_code == 422 and "too short for one training window" in r.json()["error"]["message"]
+    r = fresh_client.post("/train", json={"name": "tiny", "corpus_id": tiny, "max_steps": 3})
+    job = wait_for_job(fresh_client, r.json()["job_id"])  # a short text is read as fewer streams
+    assert job["status"] == "succeeded", job
 
 
 @pytest.mark.parametrize(
@@ -131,7 +132,7 @@ def test_bad_uploads_are_refused_and_leave_nothing(tmp_path, body, status, words
     ("body", "words"),
     [
         ({"name": "w", "corpus": "   \n  "}, "empty or only whitespace"),
-        ({"name": "w", "corpus": "ab", "batch_size": 4}, "too short"),
+        ({"name": "w", "corpus": "ab", "batch_size": 4}, "at least 3 characters"),
     ],
 )
 def test_unusable_corpora_are_4xx_or_a_failed_job_that_says_why(fresh_client, body, words):

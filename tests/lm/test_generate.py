@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from app.lm.generate import FEED_IN_BATCH, PREFILL_CHUNK, DecodeBatch, generate
-from app.lm.sampling import SamplingParams, Sequence, sample_next
 from app.lm.model import CharRNN, ModelConfig
+from app.lm.sampling import SamplingParams, Sequence, sample_next
 from app.lm.train import build_model
 from app.lm.vocab import UNK_INDEX, Vocab
 

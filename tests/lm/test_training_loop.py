@@ -47,13 +47,16 @@ def test_ranks_read_disjoint_streams():
 def test_validation_is_held_out_from_the_end():
     train_ids, val_ids = data.split_validation(torch.arange(100), 0.1)
     assert train_ids.tolist() == list(range(90)) and val_ids.tolist() == list(range(90, 100))
-    with pytest.raises(ValueError, match="too short"):
-        data.split_validation(torch.arange(10), 0.05)
+    train_ids, val_ids = data.split_validation(torch.arange(10), 0.05)  # short: two characters still
+    assert len(val_ids) == 2 and len(train_ids) == 8
+    assert len(data.split_validation(torch.arange(4), 0.05)[1]) == 0  # too short to hold any out
 
 
-def test_a_too_short_corpus_is_a_clear_error():
+def test_a_short_corpus_is_read_as_fewer_streams_and_a_too_short_one_is_a_clear_error():
+    batches = data.StreamBatches(torch.arange(10), batch_size=8, seq_len=4)
+    assert batches.batch_size == 4 and batches.inputs.shape == (4, 2)
     with pytest.raises(ValueError, match="too short"):
-        data.StreamBatches(torch.arange(10), batch_size=8, seq_len=4)
+        data.StreamBatches(torch.arange(2), batch_size=8, seq_len=4)
 
 
 def test_corpus_training_reports_validation_and_keeps_the_best_weights():
