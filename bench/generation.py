@@ -16,8 +16,10 @@ from torch import nn
 
 from app.devserver import Server
 from app.lm import default
-from app.lm.generate import SamplingParams, generate
+from app.lm.constraint import compile_regex
+from app.lm.generate import generate
 from app.lm.model import CharRNN, ModelConfig
+from app.lm.sampling import SamplingParams
 from app.lm.train import build_model, train_on_text
 from app.lm.vocab import Vocab
 
@@ -84,6 +86,48 @@ def compare(model: CharRNN, vocab: Vocab, prefix: str, lengths: list[int], repea
     return rows
 
 
+def step_costs(model: CharRNN, vocab: Vocab, prefix: str, pattern: str, new_chars: int, repeats: int) -> dict:
+    """Microseconds per generated character with each sampler option beside plain greedy decoding,
+    on one stream (the same steps, so the difference is the option's own per-step cost)."""
+    automaton = compile_regex(pattern, vocab)
+    cases = {
+        "greedy": (SamplingParams(max_new_chars=new_chars), None),
+        "t0.8_topk40": (SamplingParams(max_new_chars=new_chars, temperature=0.8, top_k=40), None),
+        "logprobs5": (SamplingParams(max_new_chars=new_chars, logprobs=5), None),
+        "regex": (SamplingParams(max_new_chars=new_chars), automaton),
+        "penalties": (
+            SamplingParams(
+                max_new_chars=new_chars, repetition_penalty=1.1, presence_penalty=0.2, frequency_penalty=0.1
+            ),
+            None,
+        ),
+        "all_t0.8": (
+            SamplingParams(
+                max_new_chars=new_chars,
+                temperature=0.8,
+                top_k=40,
+                min_p=0.02,
+                repetition_penalty=1.1,
+                presence_penalty=0.2,
+                logit_bias=((1, -1.0),),
+                logprobs=5,
+            ),
+            automaton,
+        ),
+    }
+    out: dict = {"pattern": pattern, "new_chars": new_chars}
+    for name, (params, constraint) in cases.items():
+        runs = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            [seq] = generate(model, vocab, prefix, params, seed=1, constraint=constraint)
+            runs.append((time.perf_counter() - t) / max(seq.steps, 1))
+        out[name + "_us_per_char"] = round(statistics.median(runs) * 1e6, 1)
+    plain = out["greedy_us_per_char"]
+    out["extra_us_over_greedy"] = {k: round(v - plain, 1) for k, v in out.items() if k.endswith("_us_per_char")}
+    return out
+
+
 def http_default_model(new_chars: int, repeats: int) -> float:
     with tempfile.TemporaryDirectory() as store, Server(store) as server, httpx.Client(timeout=120) as client:
         body = {"prefix": "good", "max_new_chars": new_chars}
@@ -114,6 +158,12 @@ def main() -> None:
     default_rows = compare(tiny, tiny_vocab, "good", lengths, args.repeats)
     lstm_rows = compare(lstm, vocab, "ROMEO:\n", lengths, args.repeats)
     http_len = max(lengths)
+    costs = {
+        "default_model": step_costs(tiny, tiny_vocab, "good", "[a-z ]+", http_len, args.repeats),
+        "lstm_2x256_embedding": step_costs(
+            lstm, vocab, "ROMEO:\n", "([A-Za-z]+[ ,.;:!?'\n-]*)+", http_len, args.repeats
+        ),
+    }
     http = http_default_model(http_len, args.repeats)
     tutorial_same_len = next(r for r in default_rows if r["new_chars"] == http_len)["baseline_tutorial_chars_per_s"]
     print(
@@ -129,6 +179,7 @@ def main() -> None:
                 },
                 "default_model": default_rows,
                 "lstm_2x256_embedding": lstm_rows,
+                "sampler_step_costs": costs,
                 "default_model_http": {
                     "new_chars": http_len,
                     "http_chars_per_s": round(http, 1),

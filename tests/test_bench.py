@@ -26,6 +26,8 @@ def test_generation_bench_compares_with_the_tutorial_sampler():
     result = run_bench("bench/generation.py", "--lengths", "20,40", "--repeats", "1")
     assert all(row["same_text"] for row in result["default_model"] + result["lstm_2x256_embedding"])
     assert result["default_model_http"]["http_chars_per_s"] > 0
+    costs = result["sampler_step_costs"]["default_model"]
+    assert {"greedy_us_per_char", "logprobs5_us_per_char", "regex_us_per_char"} <= set(costs)
 
 
 @pytest.mark.skipif(not (CORPORA / "shakespeare_train.txt").exists(), reason="needs ../shared/corpora")

@@ -99,3 +99,53 @@ def test_requests_spread_over_workers(loaded):
         generate(loaded.model, loaded.vocab, "ab", SamplingParams(max_new_chars=30), seed=k)[0].text for k in range(8)
     ]
     assert [r.seqs[0].text for r in reqs] == alone
+
+
+def test_a_rows_logprobs_and_samplers_do_not_depend_on_its_batch(loaded):
+    """32 concurrent requests with log-probabilities, penalties, bias, min-p and a regex: each gets
+    the same characters and the same numbers as alone."""
+    from app.lm.constraint import compile_regex
+
+    automaton = compile_regex("[a-j ]+", loaded.vocab)
+    specs = []
+    for k in range(32):
+        params = SamplingParams(
+            max_new_chars=25,
+            temperature=0.9,
+            top_k=k % 6,
+            min_p=0.02 * (k % 3),
+            repetition_penalty=1.0 + 0.1 * (k % 4),
+            presence_penalty=0.1 * (k % 2),
+            frequency_penalty=0.05 * (k % 3),
+            logit_bias=((1 + k % 5, 0.5),),
+            logprobs=k % 4,
+        )
+        specs.append((f"ab{k % 7}", params, 1 + k % 2, k, automaton if k % 3 == 0 else None))
+    engine = Engine(max_batch_size=64, max_queued=100, workers=1)
+    engine.start()
+    try:
+
+        async def crowd():
+            loop = asyncio.get_running_loop()
+            reqs = [
+                GenerationRequest(prompts=[p], params=sp, n=n, seed=seed, loaded=loaded, constraint=c, loop=loop)
+                for p, sp, n, seed, c in specs
+            ]
+            for r in reqs:
+                engine.submit(r)
+            for r in reqs:
+                assert isinstance(await asyncio.wait_for(r.queue.get(), 30), Done)
+            return reqs
+
+        reqs = asyncio.run(crowd())
+    finally:
+        engine.stop()
+    for req, (prefix, params, n, seed, constraint) in zip(reqs, specs, strict=True):
+        alone = generate(loaded.model, loaded.vocab, prefix, params, n=n, seed=seed, constraint=constraint)
+        assert [s.text for s in req.seqs] == [s.text for s in alone]
+        for crowded, single in zip(req.seqs, alone, strict=True):  # the same numbers, to float32 rounding
+            assert (crowded.logprobs is None) == (single.logprobs is None)
+            for a, b in zip(crowded.logprobs or [], single.logprobs or [], strict=True):
+                assert a.id == b.id and a.logprob == pytest.approx(b.logprob, abs=1e-5)
+                assert [i for i, _ in a.top] == [i for i, _ in b.top]
+                assert [v for _, v in a.top] == pytest.approx([v for _, v in b.top], abs=1e-5)

@@ -253,9 +253,9 @@ class TrainRequestBase(StrictModel):
     name: str = ModelName
     corpus: Text | None = Field(
         None,
-        min_length=MIN_CORPUS_CHARS,
-        pattern=r"\S",
         description="One training text (or sentences, or corpus_id); a short one is read as fewer streams.",
+        # checked in _one_source, with a message that says what is wrong
+        json_schema_extra={"minLength": MIN_CORPUS_CHARS, "pattern": r"\S"},
     )
     corpus_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="A text uploaded with POST /corpora.")
     sentences: list[Annotated[Text, Field(min_length=2)]] | None = Field(
@@ -282,6 +282,8 @@ class TrainRequestBase(StrictModel):
             raise ValueError("sentences need at least 2 characters")
         if self.corpus is not None and not self.corpus.strip():
             raise ValueError("corpus is empty or only whitespace")
+        if self.corpus is not None and len(self.corpus) < MIN_CORPUS_CHARS:
+            raise ValueError(f"corpus: at least {MIN_CORPUS_CHARS} characters are needed to train on")
         return self
 
 

@@ -132,7 +132,7 @@ def test_bad_uploads_are_refused_and_leave_nothing(tmp_path, body, status, words
     ("body", "words"),
     [
         ({"name": "w", "corpus": "   \n  "}, "empty or only whitespace"),
-        ({"name": "w", "corpus": "ab", "batch_size": 4}, "at least 3 characters"),
+        ({"name": "w", "corpus": "ab", "batch_size": 4}, "at least 3 characters are needed"),
     ],
 )
 def test_unusable_corpora_are_4xx_or_a_failed_job_that_says_why(fresh_client, body, words):

@@ -52,7 +52,7 @@ BAD_TRAINING = [
     ({"name": "x", "sentences": ["ab"], "hidden_size": 100_000}, "hidden_size"),
     ({"name": "x", "sentences": ["ab"], "num_layers": 99}, "num_layers"),
     ({"name": "x", "sentences": ["ab"], "epochs": 0}, "epochs"),
-    ({"name": "x", "sentences": ["ab"], "learning_rate": 0}, "learning_rate"),
+    ({"name": "x", "sentences": ["ab"], "learning_rate": -0.5}, "learning_rate"),
     ({"name": "x", "sentences": ["ab"], "encoding": "bytes"}, "encoding"),
     ({"name": "x", "sentences": ["ab"], "dropout": 1.0}, "dropout"),
 ]
