@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.api.schemas import CompleteRequest, OpenAICompletionRequest
+from app.api.schemas import CompleteRequest, OpenAICompletionRequest, SamplerOptions
 from app.config import Settings
 from app.errors import InvalidInput
 from app.lm.sampling import SamplingParams
@@ -62,6 +62,11 @@ def completion_request(
     )
 
 
+def sampler_options(req: SamplerOptions) -> dict:
+    """The options both wire formats share (SamplerOptions), as SamplingParams' arguments."""
+    return {name: getattr(req, name) for name in SamplerOptions.model_fields if name != "regex"}
+
+
 def from_complete(req: CompleteRequest, settings: Settings) -> CompletionRequest:
     """POST /complete. `echo` reports the prefix's log-probabilities, so it implies `logprobs` 0."""
     logprobs = req.logprobs if req.logprobs is not None or not req.echo else 0
@@ -71,11 +76,7 @@ def from_complete(req: CompleteRequest, settings: Settings) -> CompletionRequest
         top_k=req.top_k or 0,
         top_p=req.top_p if req.top_p is not None else 1.0,
         stop=tuple(req.stop),
-        min_p=req.min_p,
-        repetition_penalty=req.repetition_penalty,
-        repeat_last_n=req.repeat_last_n,
-        presence_penalty=req.presence_penalty,
-        frequency_penalty=req.frequency_penalty,
+        **sampler_options(req),
         logprobs=logprobs,
     )
     return completion_request(
@@ -101,11 +102,7 @@ def from_openai(req: OpenAICompletionRequest, settings: Settings) -> CompletionR
         top_k=req.top_k or 0,
         top_p=req.top_p,
         stop=tuple(req.stop_list),
-        min_p=req.min_p,
-        repetition_penalty=req.repetition_penalty,
-        repeat_last_n=req.repeat_last_n,
-        presence_penalty=req.presence_penalty,
-        frequency_penalty=req.frequency_penalty,
+        **sampler_options(req),
         logprobs=req.logprobs,
     )
     return completion_request(

@@ -96,7 +96,28 @@ def sampling_field(name: str, **overrides: Any) -> Any:
     return Field(s.default, description=description, **{**s.bounds, **overrides, **extra})
 
 
-class CompleteRequest(StrictModel):
+class SamplerOptions(BaseModel):
+    """Sampler options both completion routes take, with the same names and meaning."""
+
+    min_p: float = sampling_field("min_p")
+    repetition_penalty: AboveZero = sampling_field("repetition_penalty", le=10.0)
+    repeat_last_n: Int = sampling_field("repeat_last_n", le=1_000_000)
+    presence_penalty: float = sampling_field("presence_penalty")
+    frequency_penalty: float = sampling_field("frequency_penalty")
+    regex: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PATTERN_CHARS,
+        description="Only completions that fully match this pattern (Python `re` syntax without backreferences "
+        "or lookarounds): each character must keep the text a possible prefix of a match; where the text "
+        "already matches, the characters that cannot continue it are the chance to end there "
+        '(finish_reason "stop").',
+        examples=["(good|have a nice day)"],
+        json_schema_extra={"format": "regex"},
+    )
+
+
+class CompleteRequest(SamplerOptions, StrictModel):
     model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [{"prefix": "good", "max_new_chars": 11}]})
 
     prefix: Text = Field(min_length=1, description="Text to complete. Unseen characters are read as UNK.")
@@ -123,11 +144,6 @@ class CompleteRequest(StrictModel):
         max_length=64,
         description="Any stored model (GET /models), loaded on demand; null = the active model.",
     )
-    min_p: float = sampling_field("min_p")
-    repetition_penalty: AboveZero = sampling_field("repetition_penalty", le=10.0)
-    repeat_last_n: Int = sampling_field("repeat_last_n", le=1_000_000)
-    presence_penalty: float = sampling_field("presence_penalty")
-    frequency_penalty: float = sampling_field("frequency_penalty")
     logit_bias: dict[Annotated[Text, Field(min_length=1, max_length=1)], Annotated[float, Field(ge=-100, le=100)]] = (
         Field(
             default_factory=dict,
@@ -148,17 +164,6 @@ class CompleteRequest(StrictModel):
         False,
         description="Also the prefix's per-character log-probabilities, in front of the completion's (the "
         "first character has none: null). With max_new_chars 0 it scores a text. Implies logprobs 0.",
-    )
-    regex: str | None = Field(
-        None,
-        min_length=1,
-        max_length=MAX_PATTERN_CHARS,
-        description="Only completions that fully match this pattern (Python `re` syntax without backreferences "
-        "or lookarounds): each character must keep the text a possible prefix of a match; where the text "
-        "already matches, the characters that cannot continue it are the chance to end there "
-        '(finish_reason "stop").',
-        examples=["(good|have a nice day)"],
-        json_schema_extra={"format": "regex"},
     )
 
 
@@ -627,7 +632,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = Field(False, description="A last chunk with no choices and the request's usage.")
 
 
-class OpenAICompletionRequest(BaseModel):
+class OpenAICompletionRequest(SamplerOptions):
     """OpenAI's completions request. One token is one character here."""
 
     model_config = ConfigDict(
@@ -659,8 +664,6 @@ class OpenAICompletionRequest(BaseModel):
         "the model's own distribution, before sampling steps; the same numbers as /score's per_char.",
     )
     echo: bool = Field(False, description="Return the prompt in front of the completion (with its logprobs).")
-    presence_penalty: float = sampling_field("presence_penalty")
-    frequency_penalty: float = sampling_field("frequency_penalty")
     logit_bias: (
         dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]] | None
     ) = Field(None, max_length=1024, description="Vocabulary ids (GET /vocab) to a bias added to their logits.")
@@ -669,16 +672,6 @@ class OpenAICompletionRequest(BaseModel):
     best_of: OptionalInt = Field(None, ge=1, le=1, description="Not implemented: only 1 (or null).")
     suffix: str | None = Field(None, max_length=0, description="Not implemented: only null or empty.")
     top_k: OptionalInt = Field(None, ge=0, description="Extension: sample from the k likeliest characters; 0 = off.")
-    min_p: float = sampling_field("min_p")
-    repetition_penalty: AboveZero = sampling_field("repetition_penalty", le=10.0)
-    repeat_last_n: Int = sampling_field("repeat_last_n", le=1_000_000)
-    regex: str | None = Field(
-        None,
-        min_length=1,
-        max_length=MAX_PATTERN_CHARS,
-        description="Extension: as /complete's `regex`.",
-        json_schema_extra={"format": "regex"},
-    )
 
     @property
     def prompts(self) -> list[str]:

@@ -243,7 +243,7 @@ def sample_next(logits: torch.Tensor, seqs: list[Sequence], params: RowParams | 
     params = RowParams.of(seqs) if params is None else params
     x = logits.detach().float().cpu().numpy().astype(np.float64)  # (B, V)
     x[:, UNK_INDEX] = -np.inf
-    special = np.flatnonzero(params.special) if params.special.any() else ()
+    special: list[int] = np.flatnonzero(params.special).tolist() if params.special.any() else []
     ending: list[tuple[int, np.ndarray]] = []  # constrained rows at a complete match: (row, allowed)
     for r in special:
         seq = seqs[r]
@@ -297,4 +297,5 @@ def _record_logprobs(logits: torch.Tensor, seqs: list[Sequence], rows, chosen: n
         seq = seqs[r]
         char_id = int(chosen[r])
         top = top_alternatives(row, seq.params.logprobs or 0)
-        seq.logprobs.append(CharLogprob(char_id, float(row[char_id]), top))  # type: ignore[union-attr]
+        assert seq.logprobs is not None
+        seq.logprobs.append(CharLogprob(char_id, float(row[char_id]), top))
