@@ -37,7 +37,13 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed to call from a browser (JSON list); empty = CORS off."
     )
 
-    max_prefix_chars: int = Field(10_000, ge=1, le=1_000_000, description="Longest prefix /complete accepts.")
+    max_prefix_chars: int = Field(100_000, ge=1, le=1_000_000, description="Longest prefix /complete accepts.")
+    prefix_cache_bytes: int = Field(
+        64_000_000,
+        ge=0,
+        description="Memory for the states after long prefixes, so a prefix sent again is not read again "
+        "(least recently used leave first; kept apart per API key); 0 = off.",
+    )
     max_new_chars: int = Field(4_096, ge=1, le=1_000_000, description="Most characters one completion may ask for.")
     max_n: int = Field(16, ge=1, le=256, description="Most completions one request may ask for.")
     max_stop_chars: int = Field(64, ge=1, le=4096, description="Longest stop string.")

@@ -20,6 +20,7 @@ from app.errors import NotReady, Overloaded
 from app.lm.constraint import CharAutomaton
 from app.lm.generate import DecodeBatch
 from app.lm.model import CharRNN
+from app.lm.prefix_cache import PrefixCache
 from app.lm.sampling import SamplingParams, Sequence
 from app.lm.score import CharLogprob
 from app.lm.vocab import Vocab
@@ -87,6 +88,7 @@ class GenerationRequest:
     constraint: CharAutomaton | None = None  # a regex compiled for this model's vocabulary
     stream: bool = False
     prompt_logprobs: list[list[CharLogprob | None]] | None = None  # echo: each prompt's own, per character
+    tenant: str = ""  # whose request (an API key's digest): the prefix cache keeps tenants apart
     loop: asyncio.AbstractEventLoop | None = None
     seqs: list[Sequence] = field(default_factory=list)
     queue: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
@@ -133,6 +135,7 @@ class Engine:
         metrics: Metrics | None = None,
         workers: int = 1,
         one_thread: bool = False,
+        prefix_cache: PrefixCache | None = None,
     ):
         workers = max(1, workers if batching else 1)  # batching off: one request at a time, in all
         self.max_queued = max_queued
@@ -140,7 +143,10 @@ class Engine:
         per_worker = max(1, max_batch_size // workers)
         # one torch thread per worker: OpenMP's spinning threads would fight the event loop for cores
         one_thread = one_thread or workers > 1
-        self.workers = [_Worker(f"decode-{k}", per_worker, batching, metrics, one_thread) for k in range(workers)]
+        self.prefix_cache = prefix_cache
+        self.workers = [
+            _Worker(f"decode-{k}", per_worker, batching, metrics, one_thread, prefix_cache) for k in range(workers)
+        ]
         self._lock = threading.Lock()
         self._started = False
         self._stopping = False
@@ -184,8 +190,17 @@ class Engine:
 class _Worker:
     """One decoding thread: admits its requests between steps and steps all of them together."""
 
-    def __init__(self, name: str, max_batch_size: int, batching: bool, metrics: Metrics | None, one_thread: bool):
+    def __init__(
+        self,
+        name: str,
+        max_batch_size: int,
+        batching: bool,
+        metrics: Metrics | None,
+        one_thread: bool,
+        prefix_cache: PrefixCache | None = None,
+    ):
         self.name = name
+        self.prefix_cache = prefix_cache
         self.max_batch_size = max_batch_size
         self.batching = batching
         self.metrics = metrics
@@ -266,9 +281,9 @@ class _Worker:
             key = (id(loaded.model), req.dtype)  # one batch per model and precision
             batch = self._batches.get(key)
             if batch is None:
-                batch = self._batches[key] = DecodeBatch(loaded.model, loaded.vocab, req.dtype)
+                batch = self._batches[key] = DecodeBatch(loaded.model, loaded.vocab, req.dtype, self.prefix_cache)
             for k, prompt in enumerate(req.prompts):
-                batch.add(prompt, req.seqs[k * req.n : (k + 1) * req.n])
+                batch.add(prompt, req.seqs[k * req.n : (k + 1) * req.n], namespace=(req.tenant, id(loaded.model)))
             self._running.append(req)
 
     def _step(self) -> None:

@@ -43,4 +43,14 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        # the prefix cache's counters live in the cache (read when scraped)
+        self.prefix_cache_hits = Gauge(
+            "charrnn_prefix_cache_hits", "Long prefixes resumed from a kept state (since start)", registry=r
+        )
+        self.prefix_cache_misses = Gauge(
+            "charrnn_prefix_cache_misses", "Long prefixes with no kept state to resume from (since start)", registry=r
+        )
+        self.prefix_cache_bytes = Gauge(
+            "charrnn_prefix_cache_bytes", "Bytes the prefix cache holds (states and their prefixes)", registry=r
+        )
         self.active_model = Info("charrnn_active_model", "The model serving completions", registry=r)

@@ -141,10 +141,47 @@ def http_default_model(new_chars: int, repeats: int) -> float:
     return new_chars / statistics.median(times)
 
 
+def first_event_seconds(client: httpx.Client, url: str, body: dict) -> float:
+    """Seconds from sending a streamed completion to its first event with text."""
+    t = time.perf_counter()
+    with client.stream("POST", url + "/complete", json={**body, "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:") and '"text": "' in line and '"text": ""' not in line:
+                return time.perf_counter() - t
+    raise RuntimeError("no text arrived")
+
+
+def http_prefix_cache(prefix_chars: int, repeats: int) -> dict:
+    """Time to the first streamed character for a long prefix: sent once (read whole), then again
+    (resumed from the prefix cache), with the cache on and off, on the default model over HTTP."""
+    rng = np.random.default_rng(0)
+    alphabet = np.array(list("hey how are you good i am fine have a nice day "))
+    out: dict = {"prefix_chars": prefix_chars}
+    for setting, label in (("64000000", "cache_on"), ("0", "cache_off")):
+        firsts, seconds = [], []
+        with (
+            tempfile.TemporaryDirectory() as store,
+            Server(store, env={"CHARRNN_PREFIX_CACHE_BYTES": setting}) as server,httpx.Client(timeout=300) as client
+        ):
+            for _k in range(repeats):
+                prefix = "".join(rng.choice(alphabet, prefix_chars))  # a new document each round
+                body = {"prefix": prefix, "max_new_chars": 5}
+                firsts.append(first_event_seconds(client, server.url, body))
+                seconds.append(first_event_seconds(client, server.url, body))
+        first, second = statistics.median(firsts), statistics.median(seconds)
+        out[label] = {
+            "first_request_s": round(first, 4),
+            "same_prefix_again_s": round(second, 4),
+            "speedup": round(first / second, 1),
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lengths", default="200,2000")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--prefix-chars", type=int, default=50_000, help="long prefix for the prefix-cache figure")
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
 
@@ -165,6 +202,7 @@ def main() -> None:
         ),
     }
     http = http_default_model(http_len, args.repeats)
+    prefix_cache = http_prefix_cache(args.prefix_chars, args.repeats)
     tutorial_same_len = next(r for r in default_rows if r["new_chars"] == http_len)["baseline_tutorial_chars_per_s"]
     print(
         json.dumps(
@@ -180,6 +218,7 @@ def main() -> None:
                 "default_model": default_rows,
                 "lstm_2x256_embedding": lstm_rows,
                 "sampler_step_costs": costs,
+                "prefix_cache_time_to_first_char": prefix_cache,
                 "default_model_http": {
                     "new_chars": http_len,
                     "http_chars_per_s": round(http, 1),

@@ -23,7 +23,7 @@ def run_bench(*args: str, timeout: float = 110) -> dict:
 
 @pytest.mark.skipif(not (CORPORA / "shakespeare_train.txt").exists(), reason="needs ../shared/corpora")
 def test_generation_bench_compares_with_the_tutorial_sampler():
-    result = run_bench("bench/generation.py", "--lengths", "20,40", "--repeats", "1")
+    result = run_bench("bench/generation.py", "--lengths", "20,40", "--repeats", "1", "--prefix-chars", "2000")
     assert all(row["same_text"] for row in result["default_model"] + result["lstm_2x256_embedding"])
     assert result["default_model_http"]["http_chars_per_s"] > 0
     costs = result["sampler_step_costs"]["default_model"]

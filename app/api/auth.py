@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from fastapi import Request
@@ -18,6 +19,12 @@ def _presented(request: Request) -> str | None:
 
 def _matches(presented: str | None, expected: str) -> bool:
     return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def tenant(request: Request) -> str:
+    """Who sent the request, as far as caches must keep callers apart: a digest of its API key."""
+    presented = _presented(request)
+    return hashlib.sha256(presented.encode()).hexdigest()[:16] if presented else ""
 
 
 def check_user(request: Request, settings: Settings) -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request, Response
 
 from app.api import protocol
+from app.api.auth import tenant
 from app.api.deps import ReadyServiceDep, SettingsDep
 from app.api.generation import GenerationError, event_stream, text_deltas, wait_until_done
 from app.api.routing import StrictJSONRoute
@@ -88,7 +89,7 @@ async def complete(req: CompleteRequest, request: Request, service: ReadyService
     """Generates up to `max_new_chars` characters after `prefix`, `n` times. Characters the model
     has never seen are read as UNK and listed in `unknown_chars`; UNK is never generated.
     Concurrent requests are decoded together (continuous batching)."""
-    gen = await service.completions.submit(protocol.from_complete(req, settings))
+    gen = await service.completions.submit(protocol.from_complete(req, settings, tenant(request)))
     if req.stream:
         return event_stream(sse_events(gen))
     # a caller that hangs up before the answer is ready stops its generation, as in streaming

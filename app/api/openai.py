@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api import protocol
+from app.api.auth import tenant
 from app.api.deps import ReadyServiceDep, SettingsDep
 from app.api.generation import event_stream, text_deltas, wait_until_done
 from app.api.routing import StrictJSONRoute
@@ -74,7 +75,7 @@ async def completions(req: OpenAICompletionRequest, request: Request, service: R
     `max_tokens: 0` scoring a text; `logit_bias` keys are the vocabulary ids of GET /vocab.
     Extensions beside OpenAI's parameters: `top_k`, `min_p`, `repetition_penalty`,
     `repeat_last_n`, `regex`."""
-    gen = await service.completions.submit(protocol.from_openai(req, settings))
+    gen = await service.completions.submit(protocol.from_openai(req, settings, tenant(request)))
     ident, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), gen.loaded.name
     vocab = gen.loaded.vocab
 

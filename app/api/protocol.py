@@ -41,6 +41,7 @@ def completion_request(
     regex: str | None,
     bias: dict,
     echo: bool,
+    tenant: str = "",
 ) -> CompletionRequest:
     """Checks the settings' bounds (a 422 naming the field as the caller spelled it) and builds the request."""
     for prompt in prompts:
@@ -58,7 +59,16 @@ def completion_request(
     if any(len(s) > settings.max_stop_chars for s in params.stop):
         raise InvalidInput(f"stop: each stop string may have at most {settings.max_stop_chars} characters", "stop")
     return CompletionRequest(
-        prompts=prompts, params=params, n=n, seed=seed, stream=stream, model=model, regex=regex, bias=bias, echo=echo
+        prompts=prompts,
+        params=params,
+        n=n,
+        seed=seed,
+        stream=stream,
+        model=model,
+        regex=regex,
+        bias=bias,
+        echo=echo,
+        tenant=tenant,
     )
 
 
@@ -67,7 +77,7 @@ def sampler_options(req: SamplerOptions) -> dict:
     return {name: getattr(req, name) for name in SamplerOptions.model_fields if name != "regex"}
 
 
-def from_complete(req: CompleteRequest, settings: Settings) -> CompletionRequest:
+def from_complete(req: CompleteRequest, settings: Settings, tenant: str = "") -> CompletionRequest:
     """POST /complete. `echo` reports the prefix's log-probabilities, so it implies `logprobs` 0."""
     logprobs = req.logprobs if req.logprobs is not None or not req.echo else 0
     params = SamplingParams(
@@ -91,10 +101,11 @@ def from_complete(req: CompleteRequest, settings: Settings) -> CompletionRequest
         regex=req.regex,
         bias=dict(req.logit_bias),
         echo=req.echo,
+        tenant=tenant,
     )
 
 
-def from_openai(req: OpenAICompletionRequest, settings: Settings) -> CompletionRequest:
+def from_openai(req: OpenAICompletionRequest, settings: Settings, tenant: str = "") -> CompletionRequest:
     """POST /v1/completions (one token is one character; logit_bias keys are vocabulary ids)."""
     params = SamplingParams(
         max_new_chars=req.max_tokens,
@@ -117,4 +128,5 @@ def from_openai(req: OpenAICompletionRequest, settings: Settings) -> CompletionR
         regex=req.regex,
         bias={int(k): v for k, v in (req.logit_bias or {}).items()},
         echo=req.echo,
+        tenant=tenant,
     )

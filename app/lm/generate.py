@@ -17,6 +17,7 @@ import torch
 from app.lm import decode
 from app.lm.constraint import CharAutomaton
 from app.lm.model import CharRNN
+from app.lm.prefix_cache import PrefixCache
 from app.lm.sampling import RowParams, SamplingParams, Sequence, random_seed, sample_next
 from app.lm.vocab import Vocab
 
@@ -32,6 +33,8 @@ class Prefill:
     ids: list[int]  # the prefix
     position: int = 0  # ids read so far
     state: torch.Tensor | None = None  # (R, 1, H) after reading `position` ids
+    text: str = ""  # the prefix, for the prefix cache
+    namespace: object = None  # where the prefix cache keeps its state (None: not kept)
 
 
 class DecodeBatch:
@@ -41,9 +44,12 @@ class DecodeBatch:
     nothing is sampled for it until they run out.
     """
 
-    def __init__(self, model: CharRNN, vocab: Vocab, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, model: CharRNN, vocab: Vocab, dtype: torch.dtype = torch.float32, prefix_cache: PrefixCache | None = None
+    ):
         self.model = model
         self.vocab = vocab
+        self.prefix_cache = prefix_cache if prefix_cache is not None and prefix_cache.enabled else None
         self.dtype = dtype  # of the steps' matrix products (see decode.step)
         self.device = model.fc.weight.device
         self.seqs: list[Sequence] = []
@@ -62,8 +68,10 @@ class DecodeBatch:
     def busy(self) -> bool:
         return bool(self.seqs or self._prefilling)
 
-    def add(self, prefix: str, seqs: list[Sequence]) -> None:
-        """Queues `seqs` (n completions of one prefix) to join at the next step."""
+    def add(self, prefix: str, seqs: list[Sequence], namespace: object = None) -> None:
+        """Queues `seqs` (n completions of one prefix) to join at the next step. A long prefix
+        resumes from the prefix cache's longest kept start of it, under `namespace` (where one
+        is given), and its state is kept there once read."""
         seqs = [s for s in seqs if not s.finished]
         if not seqs:
             return
@@ -72,8 +80,17 @@ class DecodeBatch:
             seq.start(ids, self.vocab.size)
         if len(ids) <= FEED_IN_BATCH:
             self._join(seqs, self.model.init_state(1), ids)
-        else:
-            self._prefilling.append(Prefill(seqs, ids))
+            return
+        prefill = Prefill(seqs, ids, text=prefix[:-1])
+        if self.prefix_cache is not None and namespace is not None:
+            prefill.namespace = (namespace, self.dtype)
+            kept = self.prefix_cache.longest(prefill.namespace, prefill.text)
+            if kept is not None:
+                prefill.position, prefill.state = kept.chars, kept.state
+                if kept.chars == len(ids) - 1:  # all but the last character: it joins at once
+                    self._join(seqs, kept.state, ids[-1:])
+                    return
+        self._prefilling.append(prefill)
 
     def _join(self, seqs: list[Sequence], state: torch.Tensor, forced: list[int]) -> None:
         n = len(seqs)
@@ -102,6 +119,8 @@ class DecodeBatch:
         prefill.position = end
         if end == len(ids) - 1:
             self._prefilling.pop(0)
+            if prefill.namespace is not None and self.prefix_cache is not None:
+                self.prefix_cache.put(prefill.namespace, prefill.text, prefill.state)
             self._join(prefill.seqs, prefill.state, ids[-1:])
 
     @torch.inference_mode()

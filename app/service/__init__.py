@@ -11,6 +11,7 @@ import torch
 
 from app.config import Settings
 from app.engine import Engine
+from app.lm.prefix_cache import PrefixCache
 from app.lm.store import ModelStore
 from app.metrics import Metrics
 from app.service.completions import Completions
@@ -28,6 +29,7 @@ class Service:
         self.device = device
         self.metrics = metrics or Metrics()
         self.store = ModelStore(settings.model_store)
+        self.prefix_cache = PrefixCache(settings.prefix_cache_bytes)
         self.engine = Engine(
             max_batch_size=settings.max_batch_size,
             max_queued=settings.max_queued_requests,
@@ -35,10 +37,14 @@ class Service:
             metrics=self.metrics,
             workers=decode_workers(settings.decode_workers, device),
             one_thread=device.type == "cpu",
+            prefix_cache=self.prefix_cache,
         )
         self.metrics.batch_size.set_function(lambda: self.engine.rows)
         self.metrics.queue_depth.set_function(lambda: self.engine.queued)
-        self.models = Models(settings, device, self.store, self.metrics)
+        self.models = Models(settings, device, self.store, self.metrics, on_swap=self.prefix_cache.clear)
+        self.metrics.prefix_cache_hits.set_function(lambda: self.prefix_cache.hits)
+        self.metrics.prefix_cache_misses.set_function(lambda: self.prefix_cache.misses)
+        self.metrics.prefix_cache_bytes.set_function(lambda: self.prefix_cache.bytes)
         self.completions = Completions(self.models, self.engine)
         self.jobs = TrainingJobs(self.store, device, self.metrics, settings.max_jobs_kept, self.models.swap_in)
         self.startup_error: str | None = None  # why no model could be loaded or trained

@@ -29,6 +29,7 @@ class CompletionRequest:
     regex: str | None = None
     bias: dict[str, float] | dict[int, float] = field(default_factory=dict)  # by character or by vocabulary id
     echo: bool = False  # with params.logprobs: also report the prompts' own log-probabilities
+    tenant: str = ""  # who asks (a digest of the API key): cached prefix states are not shared across
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Completions:
             constraint=constraint,
             stream=request.stream,
             loop=asyncio.get_running_loop(),
+            tenant=request.tenant,
         )
         if request.echo and params.logprobs is not None:
             gen.prompt_logprobs = await asyncio.to_thread(_prompt_logprobs, loaded, request.prompts, params)

@@ -32,8 +32,16 @@ class StartupCancelled(Exception):
 class Models:
     """model_store/ and the active model (the one requests get when they name none)."""
 
-    def __init__(self, settings: Settings, device: torch.device, store: ModelStore, metrics: Metrics):
+    def __init__(
+        self,
+        settings: Settings,
+        device: torch.device,
+        store: ModelStore,
+        metrics: Metrics,
+        on_swap: Callable[[], None] = lambda: None,
+    ):
         self.settings = settings
+        self.on_swap = on_swap  # the default model changed (the prefix cache drops its states)
         self.device = device
         self.store = store
         self.metrics = metrics
@@ -60,6 +68,7 @@ class Models:
         """Makes `checkpoint` the model served by default, as one reference swap: requests in flight
         finish on the model they started with."""
         self._active = self._loaded_model(checkpoint)
+        self.on_swap()
         with self._lock:
             self._loaded.pop(checkpoint.name, None)  # the active model is held apart
         self.metrics.active_model.info(
