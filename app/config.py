@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call from a browser (JSON list); empty = CORS off."
     )
+    ui: bool = Field(
+        True, description="Serve the web page (playground, training, models) at /; false = / leads to /docs."
+    )
 
     max_prefix_chars: int = Field(100_000, ge=1, le=1_000_000, description="Longest prefix /complete accepts.")
     prefix_cache_bytes: int = Field(

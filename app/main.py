@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from app.api import complete, corpora, docs, health, metrics, models, openai, score, train, vocab
+from app.api import complete, corpora, docs, health, metrics, models, openai, score, train, vocab, web
 from app.api.deps import require_admin, require_user
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodyLimitMiddleware, RequestLogMiddleware
@@ -104,8 +104,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, dependencies=user)
     for module in (train, corpora):  # training: the admin key where one is set
         app.include_router(module.router, dependencies=admin)
-    for module in (health, metrics, docs):  # public
+    for module in (health, metrics, docs, web):  # public
         app.include_router(module.router)
     docs.install_openapi(app)
     app.mount(docs.ASSETS_URL, StaticFiles(directory=docs.ASSETS_DIR), name="docs-assets")
+    if settings.ui:  # the web page's files (its data comes from the API, behind the keys)
+        app.mount(web.ASSETS_URL, web.WebFiles(directory=web.WEB_DIR), name="web")
     return app

@@ -1,4 +1,4 @@
-"""GET /docs (Swagger UI), /redoc and / : the API's own documentation pages, with every asset served
+"""GET /docs (Swagger UI) and /redoc: the API's own documentation pages, with every asset served
 by the service itself (from the fastapi-offline package), so they work without internet."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import fastapi_offline
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
 from app.api import schemas as api_schemas
@@ -58,12 +58,6 @@ async def redoc(request: Request) -> HTMLResponse:
         redoc_favicon_url=_assets(request) + "/favicon.png",
         with_google_fonts=False,
     )
-
-
-@router.get("/")
-async def home(request: Request) -> RedirectResponse:
-    """A person who opens the service in a browser lands on the API docs."""
-    return RedirectResponse(request.scope.get("root_path", "") + "/docs", status_code=307)
 
 
 ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}

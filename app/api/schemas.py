@@ -338,6 +338,18 @@ class Evaluation(BaseModel):
     val_loss: float | None
     val_bpc: float | None
     elapsed: float
+    sample: str | None = Field(
+        None,
+        description="A short text the model wrote at this evaluation (120 characters at temperature 0.8, always "
+        "from the same seed, after a newline or the text's first character), to watch it learn to write; null "
+        "where none was written (at most one a second; the last evaluation always has one).",
+    )
+
+
+class LossPoint(BaseModel):
+    step: int
+    train_loss: float = Field(description="Mean training loss (nats per character) since the point before.")
+    elapsed: float = Field(description="Seconds since training started.")
 
 
 class TrainJobStatus(BaseModel):
@@ -359,8 +371,29 @@ class TrainJobStatus(BaseModel):
             "elapsed": 52.4,
             "eta": 67.6,
             "history": [
-                {"step": 200, "epoch": 2, "train_loss": 2.1, "val_loss": 1.98, "val_bpc": 2.857, "elapsed": 26.1},
-                {"step": 400, "epoch": 3, "train_loss": 1.62, "val_loss": 1.71, "val_bpc": 2.467, "elapsed": 52.4},
+                {
+                    "step": 200,
+                    "epoch": 2,
+                    "train_loss": 2.1,
+                    "val_loss": 1.98,
+                    "val_bpc": 2.857,
+                    "elapsed": 26.1,
+                    "sample": "KING. What say you to the man that we shall be the stand,\nAnd the man and the man",
+                },
+                {
+                    "step": 400,
+                    "epoch": 3,
+                    "train_loss": 1.62,
+                    "val_loss": 1.71,
+                    "val_bpc": 2.467,
+                    "elapsed": 52.4,
+                    "sample": "KING. Why, then I will not be so much a man,\nAnd I am sure of the world and the king.",
+                },
+            ],
+            "loss_history": [
+                {"step": 1, "train_loss": 4.17, "elapsed": 0.12},
+                {"step": 10, "train_loss": 3.62, "elapsed": 1.3},
+                {"step": 20, "train_loss": 3.05, "elapsed": 2.6},
             ],
             "error": None,
             "created_at": "2026-11-29T15:00:00+00:00",
@@ -383,7 +416,12 @@ class TrainJobStatus(BaseModel):
     chars_per_s: float | None = Field(description="Training characters processed per second.")
     elapsed: float
     eta: float | None = Field(description="Seconds left, estimated from the budget used so far.")
-    history: list[Evaluation]
+    history: list[Evaluation] = Field(description="Every validation so far, with a sample of the model's text.")
+    loss_history: list[LossPoint] = Field(
+        description="The training loss against step, for a chart: a point from the first step on, then one "
+        "every 10 steps or second (whichever comes first), each the mean since the point before; at most 500: "
+        "when full, neighbouring points merge in pairs and the spacing doubles."
+    )
     error: str | None
     created_at: str
     finished_at: str | None

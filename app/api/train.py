@@ -65,6 +65,7 @@ def job_status(job: TrainingJob) -> TrainJobStatus:
         elapsed=round(job.elapsed, 3),
         eta=round(job.eta, 3) if job.eta is not None else None,
         history=list(job.history),
+        loss_history=list(job.loss_curve.points),
         error=job.error,
         created_at=job.created_at,
         finished_at=job.finished_at,
@@ -104,7 +105,8 @@ def start_training(req: TrainRequest, service: ServiceDep, settings: SettingsDep
 )
 def training_status(job_id: str, service: ServiceDep) -> TrainJobStatus:
     """Status, step and total, epoch, training and validation loss, bits per character, speed,
-    elapsed time, ETA and every validation so far."""
+    elapsed time, ETA, every validation so far (each with a sample of the model's text) and the
+    training loss curve."""
     return job_status(service.jobs.get(job_id))
 
 

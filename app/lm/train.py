@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -21,7 +22,9 @@ from torch.nn import functional as F
 
 from app.lm import data
 from app.lm.device import fast_bf16
+from app.lm.generate import generate
 from app.lm.model import CharRNN, ModelConfig
+from app.lm.sampling import SamplingParams
 from app.lm.score import ScoringCancelled, mean_loss
 from app.lm.settings import setting
 from app.lm.vocab import UNK_INDEX, Vocab
@@ -83,6 +86,7 @@ class Evaluation:
     val_loss: float | None
     val_bpc: float | None
     elapsed: float
+    sample: str | None = None  # a short text the model wrote at this evaluation (see write_sample)
 
 
 @dataclass
@@ -91,12 +95,13 @@ class Progress:
     epochs: int
     step: int
     total_steps: int
-    loss: float  # mean training loss since the last report
+    loss: float  # mean training loss since the last validation
     lr: float
     chars_per_s: float
     elapsed: float
     eta: float | None
     evaluation: Evaluation | None = None  # set on the steps that validated
+    recent_loss: float | None = None  # mean training loss of the steps since the previous report
 
 
 @dataclass
@@ -258,6 +263,27 @@ class RunningLoss:
         return self.total / max(self.count, 1)
 
 
+# A sample of the model's text at an evaluation, so a person watching a job sees it learn to write:
+# short, at one fixed seed (the differences between samples are what the model learned), and at most
+# one every SAMPLE_INTERVAL seconds (a sentence job validates every step), but always at the last.
+SAMPLE_CHARS = 120
+SAMPLE_TEMPERATURE = 0.8
+SAMPLE_SEED = 0
+SAMPLE_INTERVAL = 1.0
+
+
+def sample_start(vocab: Vocab, text: str) -> str:
+    """Where samples start: a newline where the text has them (a line's start), else its first character."""
+    return "\n" if vocab.encode("\n")[0] != UNK_INDEX else text[:1]
+
+
+def write_sample(model: CharRNN, vocab: Vocab, start: str) -> str:
+    """SAMPLE_CHARS characters the model writes after `start` (which is shown, unless a newline)."""
+    params = SamplingParams(max_new_chars=SAMPLE_CHARS, temperature=SAMPLE_TEMPERATURE)
+    [seq] = generate(model, vocab, start, params, seed=SAMPLE_SEED)
+    return ("" if start == "\n" else start) + seq.text
+
+
 def evaluate(
     model: CharRNN,
     val_ids: torch.Tensor | None,
@@ -321,6 +347,7 @@ def report(
     elapsed: float,
     budget_used: float,
     evaluation: Evaluation | None,
+    recent_loss: float | None = None,
 ) -> Progress:
     """A progress report; `step` and `total_steps` count from the run's first step, resumed or not."""
     return Progress(
@@ -334,6 +361,7 @@ def report(
         elapsed=elapsed,
         eta=elapsed * (1 - budget_used) / budget_used if budget_used > 0 else None,
         evaluation=evaluation,
+        recent_loss=recent_loss,
     )
 
 
@@ -347,11 +375,13 @@ def train(
     optimizer_state: dict | None = None,
     start_step: int = 0,
     report_every: int = 1,
+    sample: Callable[[CharRNN], str] | None = None,
 ) -> TrainResult:
     """Trains `model` in place; at the end it holds the weights with the best validation loss.
 
     `start_step` counts the steps of the run this one resumes: reports, the warm-up and the
-    best step continue from it.
+    best step continue from it. `sample(model)`, where given, writes a short text at evaluations
+    (at most one every SAMPLE_INTERVAL seconds, and at the last), carried by their reports.
     """
     rank, world = _world()
     device = model.fc.weight.device
@@ -375,6 +405,8 @@ def train(
     history: list[Evaluation] = []
     best = Best()
     running = RunningLoss()
+    since_report = RunningLoss()  # the steps since the previous report: the job's loss curve
+    last_sample = -math.inf
     stopped = "budget"
     last = False  # this step is the run's last
     loss = float("nan")
@@ -408,6 +440,7 @@ def train(
             if step == 1:
                 first_loss = loss
             running.add(loss)
+            since_report.add(loss)
             last = _agree(out_of_budget(config, step, total_steps, started), world, device)
 
             evaluation = None
@@ -424,6 +457,9 @@ def train(
                         started=started,
                         should_stop=should_stop,
                     )
+                    if sample is not None and rank == 0 and (last or time.monotonic() - last_sample >= SAMPLE_INTERVAL):
+                        evaluation.sample = sample(model)
+                        last_sample = time.monotonic()
                     history.append(evaluation)
                     best.update(evaluation, model, optimizer)
                 model.train()
@@ -444,9 +480,11 @@ def train(
                     elapsed=now - started,
                     budget_used=budget_used(config, step, total_steps, started),
                     evaluation=evaluation,
+                    recent_loss=since_report.mean,
                 )
                 on_progress(progress)
                 last_report_t, last_report_step = now, step
+                since_report = RunningLoss()
             if evaluation is not None:
                 running = RunningLoss()
             if last:
@@ -548,6 +586,10 @@ def train_on_text(
             val_ids = None
     if rank > 0:
         on_progress = None
+    sample = None
+    if on_progress is not None:  # someone follows the run: show them what the model writes
+        start = sample_start(vocab, sentences[0] if sentences is not None else cast(str, corpus))
+        sample = functools.partial(write_sample, vocab=vocab, start=start)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + rank)  # dropout masks
         result = train(
@@ -560,6 +602,7 @@ def train_on_text(
             optimizer_state=optimizer_state,
             start_step=start_step,
             report_every=report_every,
+            sample=sample,
         )
     return Trained(
         model=model,

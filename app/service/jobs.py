@@ -26,6 +26,65 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+class LossCurve:
+    """The training loss against step, for a live chart: points from the first step on, bounded.
+
+    A point is the mean loss of the steps since the previous one, made at the first report and
+    then once `every_steps` steps or `every_seconds` seconds have passed (whichever comes first).
+    When `max_points` are kept, neighbours merge in pairs and both spacings double: a long job
+    keeps an evenly spaced curve of at most `max_points` points, a short one a point every few steps.
+    """
+
+    def __init__(self, max_points: int = 500, every_steps: int = 10, every_seconds: float = 1.0):
+        self.max_points = max_points
+        self.every_steps = every_steps
+        self.every_seconds = every_seconds
+        self.points: list[dict] = []  # {"step", "train_loss", "elapsed"}; replaced, never changed in place
+        self._weights: list[int] = []  # steps each point averages (for merging)
+        self._total = 0.0  # loss summed over the steps not yet in a point
+        self._steps = 0
+        self._last_step = 0  # of the previous report
+        self._last_point: tuple[int, float] | None = None  # (step, elapsed) of the latest point
+
+    def add(self, step: int, loss: float, elapsed: float) -> None:
+        """One progress report: `loss` is the mean over the steps since the previous report."""
+        steps = step - self._last_step if self._last_step else 1  # (a resumed run starts past step 0)
+        self._last_step = step
+        self._total += loss * steps
+        self._steps += steps
+        if self._last_point is None or (
+            step - self._last_point[0] >= self.every_steps or elapsed - self._last_point[1] >= self.every_seconds
+        ):
+            self.flush(step, elapsed)
+
+    def flush(self, step: int, elapsed: float) -> None:
+        """Makes a point of the steps not yet in one (at the end of a job)."""
+        if not self._steps:
+            return
+        point = {"step": step, "train_loss": self._total / self._steps, "elapsed": round(elapsed, 3)}
+        points, weights = [*self.points, point], [*self._weights, self._steps]
+        self._total, self._steps, self._last_point = 0.0, 0, (step, elapsed)
+        if len(points) > self.max_points:
+            points, weights = _merge_pairs(points, weights)
+            self.every_steps *= 2
+            self.every_seconds *= 2
+        self.points, self._weights = points, weights  # readers on other threads see one list or the other
+
+
+def _merge_pairs(points: list[dict], weights: list[int]) -> tuple[list[dict], list[int]]:
+    """Halves a curve: each pair of neighbours becomes one point at the later step, the mean of both."""
+    merged, merged_weights = [], []
+    for i in range(0, len(points) - 1, 2):
+        (a, b), (wa, wb) = points[i : i + 2], weights[i : i + 2]
+        loss = (a["train_loss"] * wa + b["train_loss"] * wb) / (wa + wb)
+        merged.append({"step": b["step"], "train_loss": loss, "elapsed": b["elapsed"]})
+        merged_weights.append(wa + wb)
+    if len(points) % 2:  # the latest point stays as it is
+        merged.append(points[-1])
+        merged_weights.append(weights[-1])
+    return merged, merged_weights
+
+
 @dataclass
 class TrainingJob:
     job_id: str
@@ -45,6 +104,7 @@ class TrainingJob:
     elapsed: float = 0.0
     eta: float | None = None
     history: list[dict] = field(default_factory=list)  # one entry per validation
+    loss_curve: LossCurve = field(default_factory=LossCurve)
     error: str | None = None
     created_at: str = field(default_factory=_now)
     finished_at: str | None = None
@@ -59,6 +119,7 @@ class TrainingJob:
         """Takes in one progress report of the training loop."""
         self.epoch, self.step, self.total_steps, self.loss = p.epoch, p.step, p.total_steps, p.loss
         self.lr, self.chars_per_s, self.elapsed, self.eta = p.lr, p.chars_per_s, p.elapsed, p.eta
+        self.loss_curve.add(p.step, p.recent_loss if p.recent_loss is not None else p.loss, p.elapsed)
         if p.evaluation is not None:
             self._record_evaluation(p.evaluation)
         self.version += 1
@@ -75,6 +136,7 @@ class TrainingJob:
                 "val_loss": e.val_loss,
                 "val_bpc": e.val_bpc,
                 "elapsed": round(e.elapsed, 3),
+                "sample": e.sample,
             }
         )
 
@@ -196,6 +258,7 @@ class TrainingJobs:
             job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("training job %s failed", job.job_id)
         finally:
+            job.loss_curve.flush(job.step, job.elapsed)
             job.finished_at = _now()
             job.version += 1
             self.metrics.training_jobs.labels(job.status).inc()

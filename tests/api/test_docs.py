@@ -1,8 +1,11 @@
-"""The docs pages work offline: every asset is served by the service; / leads a person there."""
+"""The docs pages work offline: every asset is served by the service; / leads there when the web page is off."""
 
 import re
 
 import pytest
+
+from app.main import create_app
+from tests.conftest import make_settings, serving
 
 ASSET = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|url\s*:\s*["']([^"']+)["']""")
 
@@ -26,10 +29,11 @@ def test_swagger_ui_bundle_asks_no_online_validator(client):
     assert '"validatorUrl": null' in page
 
 
-def test_root_sends_a_person_to_the_docs(client):
-    r = client.get("/", follow_redirects=False)
-    assert r.status_code in (302, 307) and r.headers["location"] == "/docs"
-    assert client.get("/").url.path == "/docs"
+def test_root_sends_a_person_to_the_docs_when_the_web_page_is_off(module_store):
+    with serving(create_app(make_settings(module_store, ui=False))) as c:
+        r = c.get("/", follow_redirects=False)
+        assert r.status_code in (302, 307) and r.headers["location"] == "/docs"
+        assert c.get("/").url.path == "/docs"
 
 
 def _schema_of(content: dict, components: dict) -> dict:

@@ -20,7 +20,7 @@ BAD_COMPLETIONS = [
     ({"prefix": "a", "n": 0}, "n"),
     ({"prefix": "a", "n": 17}, "n"),
     ({"prefix": "a", "temprature": 1}, "temprature"),
-    ({"prefix": "a" * 10_001}, "prefix"),
+    ({"prefix": "a" * 100_001}, "prefix"),
     ({"prefix": "a", "stop": ["x" * 65]}, "stop"),
 ]
 
