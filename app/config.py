@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         ge=0,
         le=64,
         description="Decoding threads, each with its own batch (one torch thread each on CPU); "
-        "0 = one per two CPU cores (at most 4), one on GPU.",
+        "0 = one per two CPU cores the process may use (affinity and cgroup limit; at most 4), one on GPU.",
     )
     decode_precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",

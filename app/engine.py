@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from app.cpus import usable_cpus
 from app.errors import NotReady, Overloaded
 from app.lm.constraint import CharAutomaton
 from app.lm.generate import DecodeBatch
@@ -326,5 +327,9 @@ class _Worker:
 
 
 def configure_torch_threads(threads: int) -> None:
-    if threads > 0:
-        torch.set_num_threads(threads)
+    """threads > 0: that many. 0: torch's default (one per core), but no more than the CPUs this
+    process may use: in a container limited to 2 CPUs on a 64-core node, torch would otherwise
+    start 64 threads and be throttled."""
+    if threads <= 0:
+        threads = min(torch.get_num_threads(), usable_cpus())
+    torch.set_num_threads(threads)

@@ -161,7 +161,8 @@ def http_prefix_cache(prefix_chars: int, repeats: int) -> dict:
         firsts, seconds = [], []
         with (
             tempfile.TemporaryDirectory() as store,
-            Server(store, env={"CHARRNN_PREFIX_CACHE_BYTES": setting}) as server,httpx.Client(timeout=300) as client
+            Server(store, env={"CHARRNN_PREFIX_CACHE_BYTES": setting}) as server,
+            httpx.Client(timeout=300) as client,
         ):
             for _k in range(repeats):
                 prefix = "".join(rng.choice(alphabet, prefix_chars))  # a new document each round

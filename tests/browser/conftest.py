@@ -29,7 +29,9 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 375, "height": 812}
 
 
-@pytest.fixture(scope="session")
+# package scope: Playwright's sync API runs an event loop on the main thread while it lives, and a
+# later test's asyncio.run() would find it running
+@pytest.fixture(scope="package")
 def browser() -> Iterator:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's `chromium` package to run the browser tests")
