@@ -131,11 +131,12 @@ def cancel_training(job_id: str, service: ServiceDep) -> TrainJobStatus:
 )
 async def training_events(job_id: str, request: Request, service: ServiceDep):
     """The job's status (as GET /train/{job_id}) each time it changes, then `data: [DONE]` once it ends."""
-    job = service.jobs.get(job_id)
+    service.jobs.get(job_id)  # 404 now rather than inside the stream
 
     async def events():
         seen = -1
         while True:
+            job = service.jobs.get(job_id)  # a job another replica runs is read anew from the shared store
             version = job.version
             if version != seen:
                 seen = version

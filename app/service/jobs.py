@@ -17,6 +17,7 @@ from app.lm.data import MIN_CORPUS_CHARS
 from app.lm.store import Checkpoint, InvalidModelName, ModelStore
 from app.lm.train import Evaluation, Progress, Trained, TrainingCancelled, TrainingDiverged
 from app.metrics import Metrics
+from app.service.job_board import JobBoard
 from app.service.training import TrainSpec, run_training
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,17 @@ def _merge_pairs(points: list[dict], weights: list[int]) -> tuple[list[dict], li
     return merged, merged_weights
 
 
+STATUS_FIELDS = (
+    "job_id", "name", "status", "epoch", "epochs", "step", "total_steps", "loss", "val_loss", "val_bpc",
+    "best_val_loss", "lr", "chars_per_s", "elapsed", "eta", "history", "error", "created_at", "finished_at", "version",
+)  # fmt: skip
+
+
 @dataclass
 class TrainingJob:
     job_id: str
     name: str
-    spec: TrainSpec
+    spec: TrainSpec | None  # None for a job another replica runs (known from the shared store)
     status: str = "queued"  # queued | running | succeeded | failed | cancelled
     epoch: int = 0
     epochs: int = 0
@@ -114,6 +121,17 @@ class TrainingJob:
     @property
     def done(self) -> bool:
         return self.status in ("succeeded", "failed", "cancelled")
+
+    def snapshot(self) -> dict:
+        """The job's status as the shared store keeps it (never its training text)."""
+        return {**{k: getattr(self, k) for k in STATUS_FIELDS}, "loss_curve": list(self.loss_curve.points)}
+
+    @classmethod
+    def from_snapshot(cls, data: dict) -> TrainingJob:
+        """A job another replica runs, as its latest published status says."""
+        job = cls(spec=None, **{k: data[k] for k in STATUS_FIELDS if k in data})
+        job.loss_curve.points = list(data.get("loss_curve", []))
+        return job
 
     def record(self, p: Progress) -> None:
         """Takes in one progress report of the training loop."""
@@ -161,6 +179,7 @@ class TrainingJobs:
         self._lock = threading.Lock()
         self._running: TrainingJob | None = None
         self._thread: threading.Thread | None = None
+        self.board = JobBoard(store.root)  # what replicas sharing the store see of jobs
 
     def submit(self, spec: TrainSpec) -> TrainingJob:
         """Checks what can be checked up front, then starts the job (409 while another runs)."""
@@ -169,9 +188,12 @@ class TrainingJobs:
             if self._running is not None and not self._running.done:
                 raise Conflict(f"training job {self._running.job_id} is still running; one job runs at a time")
             job = TrainingJob(job_id=uuid.uuid4().hex, name=spec.name, spec=spec, epochs=spec.train_config().epochs)
+            self.board.acquire(job.job_id)  # one job across every replica of the store
+            self._publish(job)
             self._jobs[job.job_id] = job
             while len(self._jobs) > self.max_kept:
-                self._jobs.popitem(last=False)
+                old, _ = self._jobs.popitem(last=False)
+                self.board.forget(old)
             self._running = job
             self._thread = threading.Thread(target=self._run, args=(job,), name=f"train-{job.job_id[:8]}")
             self._thread.start()
@@ -197,21 +219,29 @@ class TrainingJobs:
             raise Conflict(f"a model named {spec.name!r} already exists; set overwrite to replace it", "name")
 
     def get(self, job_id: str) -> TrainingJob:
+        """A job of this replica, or one another replica of the store runs or ran."""
         job = self._jobs.get(job_id)
-        if job is None:
+        if job is not None:
+            return job
+        published = self.board.read(job_id)
+        if published is None:
             raise NotFound(f"no training job {job_id!r}", "job_id")
-        return job
+        return TrainingJob.from_snapshot(published)
 
     def cancel(self, job_id: str) -> TrainingJob:
+        """Stops a job within a second or two, whichever replica runs it."""
         job = self.get(job_id)
         if not job.done:
-            job.cancel.set()
+            if job.spec is not None:
+                job.cancel.set()
+            else:
+                self.board.request_cancel(job_id)
         return job
 
     def user_of(self, model_name: str) -> str | None:
         """The running job that reads or writes this model, if any (for refusing its deletion)."""
         job = self._running
-        if job is not None and not job.done and model_name in (job.spec.name, job.spec.resume_from):
+        if job is not None and not job.done and job.spec and model_name in (job.spec.name, job.spec.resume_from):
             return f"training job {job.job_id}"
         return None
 
@@ -230,9 +260,13 @@ class TrainingJobs:
 
     def _run(self, job: TrainingJob) -> None:
         spec = job.spec
+        assert spec is not None
         job.status = "running"
         job.version += 1
         log.info("training job %s started: model %r from %s", job.job_id, spec.name, spec.source)
+        watching = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(job, watching), name=f"watch-{job.job_id[:8]}")
+        watcher.start()
         try:
             trained, meta = run_training(
                 spec, self.store, self.device, lambda p: self._on_progress(job, p), job.cancel.is_set
@@ -261,8 +295,33 @@ class TrainingJobs:
             job.loss_curve.flush(job.step, job.elapsed)
             job.finished_at = _now()
             job.version += 1
+            watching.set()
+            watcher.join()
+            self._publish(job)
+            self.board.release(job.job_id)
             self.metrics.training_jobs.labels(job.status).inc()
             self.metrics.training_progress.set(0)
+
+    def _watch(self, job: TrainingJob, done: threading.Event, every: float = 1.0) -> None:
+        """While a job runs: renews its lease, publishes its status when it changed, and takes in a
+        cancel that another replica filed."""
+        published = -1
+        while not done.wait(every):
+            try:
+                self.board.renew(job.job_id)
+                if job.version != published:
+                    published = job.version
+                    self._publish(job)
+                if self.board.cancel_requested(job.job_id):
+                    job.cancel.set()
+            except OSError as exc:  # the store is unwell: the job itself goes on
+                log.warning("training job %s: could not update the shared store: %s", job.job_id, exc)
+
+    def _publish(self, job: TrainingJob) -> None:
+        try:
+            self.board.publish(job.snapshot())
+        except OSError as exc:
+            log.warning("training job %s: could not publish its status: %s", job.job_id, exc)
 
 
 def _log_success(job: TrainingJob, trained: Trained) -> None:
