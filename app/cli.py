@@ -120,7 +120,9 @@ def _duration(seconds: float) -> str:
 
 
 STOPPED = {
-    "budget": "its budget ran out (--epochs, --max-steps or --max-seconds)",
+    "budget": "its time budget ran out (--max-seconds)",
+    "max_steps": "it reached --max-steps",
+    "epochs": "it finished its --epochs",
     "early_stopping": "early stopping: --patience validations without improvement",
 }
 
@@ -173,18 +175,28 @@ def train(args: argparse.Namespace) -> int:
         )
     rank, world = _init_distributed(device)
     bar = None  # opened at the first report, so an error before training starts is the only line on stderr
+    val_bpc = "-"
 
     def on_progress(p) -> None:
-        nonlocal bar
+        # the bar is the share of the budget used: steps or seconds, whichever ends the run first
+        nonlocal bar, val_bpc
         if bar is None:
-            bar = tqdm(total=None, unit="step", disable=rank != 0 or args.quiet, dynamic_ncols=True)
-        bar.total = p.total_steps
-        bar.n = p.step
-        post = {"loss": f"{p.loss:.3f}", "chars/s": f"{p.chars_per_s:.0f}"}
-        if p.evaluation is not None and p.evaluation.val_loss is not None:
-            post["val"] = f"{p.evaluation.val_loss:.3f}"
-            post["bpc"] = f"{p.evaluation.val_bpc:.3f}"
-        bar.set_postfix(post, refresh=False)
+            bar = tqdm(
+                total=100,
+                unit="%",
+                ncols=80,
+                disable=rank != 0 or args.quiet,
+                bar_format="{percentage:3.0f}% |{bar:12}| {desc}",
+            )
+        used = p.elapsed / (p.elapsed + p.eta) if p.eta is not None and p.elapsed + p.eta > 0 else 0.0
+        bar.n = round(100 * min(used, 1.0))
+        if p.evaluation is not None and p.evaluation.val_bpc is not None:
+            val_bpc = f"{p.evaluation.val_bpc:.3f}"
+        eta = f"{max(p.eta, 0.0):.0f}s" if p.eta is not None else "?"
+        bar.set_description_str(
+            f"step {p.step} loss {p.loss:.3f} val {val_bpc} bpc {p.chars_per_s / 1000:.0f}k ch/s eta {eta}",
+            refresh=False,
+        )
         bar.refresh()
 
     try:

@@ -43,3 +43,4 @@ def test_quality_bench_reports_the_figures_the_issue_names():
     for key in ("val_nats_per_char", "val_bits_per_char", "train_chars_per_s", "steps", "config"):
         assert key in result
     assert result["config"]["train"]["max_seconds"] == 3
+    assert result["config"]["size_class"] == "large" and result["stopped"] == "budget"  # the same chooser as /train

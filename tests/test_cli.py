@@ -242,3 +242,14 @@ def test_distributed_training_with_torchrun_on_two_cpu_processes(tmp_path):
     assert summary["world_size"] == 2
     assert summary["train_loss_last"] < summary["train_loss_first"]
     assert sorted(p.name for p in store.iterdir()) == ["ddp.json", "ddp.optim.safetensors", "ddp.safetensors"]
+
+
+def test_the_progress_bar_runs_to_the_real_stopping_point_within_80_columns(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    args = ["train", "--corpus", tmp_path / "corpus.txt", "--name", "bar", "--model-store", tmp_path / "store"]
+    status, out, err = run(capsys, *args, "--max-seconds", "2", "--epochs", "100000", "--hidden-size", "16")
+    assert status == 0 and "its time budget ran out (--max-seconds)" in out
+    frames = [f.strip() for f in err.replace("\r", "\n").splitlines() if "%" in f]
+    assert frames and all(len(f) <= 80 for f in frames)
+    assert frames[-1].startswith("100%")  # the time budget, not the 100,000 epochs, sets the bar's end
+    assert any(re.search(r"val \d\.\d{3} bpc", f) for f in frames)  # validation bits/char as it appears

@@ -423,6 +423,15 @@ class TrainJobStatus(BaseModel):
         "when full, neighbouring points merge in pairs and the spacing doubles."
     )
     error: str | None
+    stopped: Literal["budget", "max_steps", "epochs", "early_stopping", "cancelled"] | None = Field(
+        None,
+        description="Why it ended: its time budget, its step limit, its epochs, early stopping, or a cancel.",
+    )
+    settings: dict = Field(
+        default_factory=dict,
+        description="Every model and training setting it uses: those given, the rest chosen for the text "
+        "(`size_class` says which recommended settings a corpus got).",
+    )
     created_at: str
     finished_at: str | None
 

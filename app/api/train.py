@@ -67,6 +67,8 @@ def job_status(job: TrainingJob) -> TrainJobStatus:
         history=list(job.history),
         loss_history=list(job.loss_curve.points),
         error=job.error,
+        stopped=job.stopped,
+        settings=job.settings,
         created_at=job.created_at,
         finished_at=job.finished_at,
     )

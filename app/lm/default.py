@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from app.lm.train import TrainConfig
@@ -47,3 +48,34 @@ CORPUS_TRAIN = TrainConfig(
     unk_dropout=0.001,
     precision="auto",  # bfloat16 where the CPU (AVX512-BF16/AMX) or GPU does it natively
 )
+
+# Corpora much smaller or larger than the one the settings above were chosen on get settings that fit
+# them (corpus_settings): the time budget ends every run (epochs only bound it), so a small text keeps
+# training through its warm-up and for its whole budget; a small text gets a smaller model, more
+# regularisation and more frequent validation; a huge one a validation split of bounded size.
+SIZE_CLASSES = (  # (corpus characters below, its name)
+    (50_000, "small"),
+    (300_000, "medium"),
+    (20_000_000, "large"),
+)
+MAX_VAL_CHARS = 200_000  # validation reads this much at most, whatever the corpus size
+EPOCHS_BOUND = 100_000  # the time budget ends corpus runs; this only bounds them
+
+
+def size_class(chars: int) -> str:
+    return next((name for below, name in SIZE_CLASSES if chars < below), "huge")
+
+
+def corpus_settings(chars: int) -> tuple[dict, TrainConfig]:
+    """The recommended model and training settings for a corpus of `chars` characters."""
+    kind = size_class(chars)
+    model, train = dict(CORPUS_MODEL), CORPUS_TRAIN
+    if kind == "small":
+        model |= {"hidden_size": 128, "num_layers": 1, "embedding_dim": 32, "dropout": 0.1}
+        train = replace(train, batch_size=16, seq_len=64, val_fraction=0.1, eval_interval=50, warmup_steps=20)
+    elif kind == "medium":
+        model |= {"hidden_size": 256}
+        train = replace(train, eval_interval=100)
+    elif kind == "huge":
+        train = replace(train, val_fraction=max(MAX_VAL_CHARS / chars, 0.001))
+    return model, replace(train, epochs=EPOCHS_BOUND)

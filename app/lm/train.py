@@ -112,7 +112,7 @@ class TrainResult:
     seconds: float
     best_val_loss: float | None = None
     best_step: int | None = None
-    stopped: str = "budget"  # budget | early_stopping
+    stopped: str = "budget"  # why it stopped: budget (time) | max_steps | epochs | early_stopping
     history: list[Evaluation] = field(default_factory=list)
     optimizer_state: dict | None = None
     first_loss: float | None = None  # of this run's first step: the start of its learning curve
@@ -193,8 +193,13 @@ def budget_used(config: TrainConfig, step: int, total_steps: int, started: float
     return used
 
 
-def out_of_budget(config: TrainConfig, step: int, total_steps: int, started: float) -> bool:
-    return step >= total_steps or bool(config.max_seconds and time.monotonic() - started >= config.max_seconds)
+def stop_reason(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int, started: float) -> str | None:
+    """Why the run ends after `step` steps, if it does: its time budget, its step limit or its epochs."""
+    if config.max_seconds and time.monotonic() - started >= config.max_seconds:
+        return "budget"
+    if step >= total_steps:
+        return "max_steps" if config.max_steps and config.max_steps < config.epochs * steps_per_epoch else "epochs"
+    return None
 
 
 def _asked_to_stop(should_stop: Callable[[], bool] | None) -> bool:
@@ -441,7 +446,10 @@ def train(
                 first_loss = loss
             running.add(loss)
             since_report.add(loss)
-            last = _agree(out_of_budget(config, step, total_steps, started), world, device)
+            reason = stop_reason(config, step, total_steps, batches.steps_per_epoch, started)
+            last = _agree(reason is not None, world, device)
+            if last:
+                stopped = reason or "budget"  # (another rank's reason: the time budget)
 
             evaluation = None
             if step % eval_interval == 0 or last:

@@ -89,6 +89,7 @@ def _merge_pairs(points: list[dict], weights: list[int]) -> tuple[list[dict], li
 STATUS_FIELDS = (
     "job_id", "name", "status", "epoch", "epochs", "step", "total_steps", "loss", "val_loss", "val_bpc",
     "best_val_loss", "lr", "chars_per_s", "elapsed", "eta", "history", "error", "created_at", "finished_at", "version",
+    "stopped", "settings",
 )  # fmt: skip
 
 
@@ -113,6 +114,8 @@ class TrainingJob:
     history: list[dict] = field(default_factory=list)  # one entry per validation
     loss_curve: LossCurve = field(default_factory=LossCurve)
     error: str | None = None
+    stopped: str | None = None  # why it ended: budget | max_steps | epochs | early_stopping | cancelled
+    settings: dict = field(default_factory=dict)  # every setting it uses, as chosen for its text and given
     created_at: str = field(default_factory=_now)
     finished_at: str | None = None
     version: int = 0  # bumped on every change, for the progress stream
@@ -187,7 +190,13 @@ class TrainingJobs:
         with self._lock:
             if self._running is not None and not self._running.done:
                 raise Conflict(f"training job {self._running.job_id} is still running; one job runs at a time")
-            job = TrainingJob(job_id=uuid.uuid4().hex, name=spec.name, spec=spec, epochs=spec.train_config().epochs)
+            job = TrainingJob(
+                job_id=uuid.uuid4().hex,
+                name=spec.name,
+                spec=spec,
+                epochs=spec.train_config().epochs,
+                settings=spec.settings(),
+            )
             self.board.acquire(job.job_id)  # one job across every replica of the store
             self._publish(job)
             self._jobs[job.job_id] = job
@@ -274,10 +283,10 @@ class TrainingJobs:
             if spec.activate:
                 self.store.set_active(spec.name)
                 self.on_trained(Checkpoint(spec.name, trained.model, trained.vocab, meta or {}))
-            job.status = "succeeded"
+            job.status, job.stopped = "succeeded", trained.result.stopped
             _log_success(job, trained)
         except TrainingCancelled:
-            job.status = "cancelled"
+            job.status = job.stopped = "cancelled"
             log.info("training job %s cancelled; nothing was saved", job.job_id)
         except TrainingDiverged as exc:
             job.status, job.error = "failed", str(exc)

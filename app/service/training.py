@@ -45,14 +45,26 @@ class TrainSpec:
     def source(self) -> str:
         return "sentences" if self.sentences is not None else "corpus"
 
+    def recommended(self) -> tuple[dict, TrainConfig]:
+        """The settings chosen for this text: the tutorial's for sentences; for a corpus, ones that
+        fit its size (default.corpus_settings). Settings the caller gives win over these."""
+        if self.sentences is not None:
+            return dict(default.SENTENCE_MODEL), default.SENTENCE_TRAIN
+        return default.corpus_settings(self.corpus_chars or 0)
+
     def architecture(self) -> dict:
-        base = dict(default.SENTENCE_MODEL if self.sentences is not None else default.CORPUS_MODEL)
+        base = self.recommended()[0]
         base.update({k: v for k, v in self.options.items() if k in MODEL_FIELDS and v is not None})
         return base
 
     def train_config(self) -> TrainConfig:
-        base = default.SENTENCE_TRAIN if self.sentences is not None else default.CORPUS_TRAIN
+        base = self.recommended()[1]
         return replace(base, **{k: v for k, v in self.options.items() if k in TRAIN_FIELDS and v is not None})
+
+    def settings(self) -> dict:
+        """Every setting the run uses, as chosen and overridden: what the job and checkpoint report."""
+        chosen = {"size_class": default.size_class(self.corpus_chars or 0) if self.sentences is None else None}
+        return {**chosen, **self.architecture(), **self.train_config().to_json()}
 
 
 def read_corpus(spec: TrainSpec) -> str | None:
@@ -99,6 +111,7 @@ def run_training(
         return trained, None
     training = {
         "source": spec.source,
+        "size_class": spec.settings()["size_class"],
         "resumed_from": spec.resume_from,
         **config.to_json(),
         "corpus_chars": trained.corpus_chars,

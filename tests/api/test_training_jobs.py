@@ -25,8 +25,10 @@ def test_corpus_job_reports_validation_progress_and_saves_its_metrics(fresh_clie
     assert job["chars_per_s"] > 0 and job["elapsed"] > 0 and job["eta"] == 0
     model = fresh_client.get("/models/cats").json()
     assert model["metrics"]["best_val_loss"] == pytest.approx(job["best_val_loss"])
-    assert model["training"]["val_fraction"] == 0.05 and model["training"]["seq_len"] == 32
+    assert model["training"]["val_fraction"] == 0.1 and model["training"]["seq_len"] == 32  # 0.1: a small text
     assert model["model_config"]["cell"] == "lstm"  # the recommended corpus default
+    assert model["training"]["size_class"] == "small" and job["settings"]["size_class"] == "small"
+    assert job["stopped"] == "epochs" and model["metrics"]["stopped"] == "epochs"  # the reason it ended, truly
 
 
 def test_progress_stream_ends_with_done(fresh_client):
