@@ -38,7 +38,25 @@ def test_settings_the_caller_gives_win_and_sentences_keep_the_tutorials():
 
 
 def test_a_4kb_text_trains_through_its_warm_up_and_stops_for_the_reason_it_gives():
-    words = "the rain in spain stays mainly on plain hills while old men sing of ships and salt".split()
+    words = [
+        "the",
+        "rain",
+        "in",
+        "spain",
+        "stays",
+        "mainly",
+        "on",
+        "plain",
+        "hills",
+        "while",
+        "old",
+        "men",
+        "sing",
+        "of",
+        "ships",
+        "and",
+        "salt",
+    ]
     rng = random.Random(0)
     text = " ".join(rng.choice(words) for _ in range(1000))[:4000]  # 4 KB of varied text
     spec = TrainSpec(name="x", corpus=text, options={"max_seconds": 4.0, "precision": "fp32"})
