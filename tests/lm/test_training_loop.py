@@ -199,7 +199,7 @@ def test_progress_is_reported_every_few_steps_at_each_validation_and_at_the_end(
     assert [p.step for p in seen] == [3, 4, 6, 8, 9, 10]
     assert [p.step for p in seen if p.evaluation is not None] == [e.step for e in r.history] == [4, 8, 10]
     assert all(p.loss == p.evaluation.train_loss for p in seen if p.evaluation is not None)
-    assert r.stopped == "budget" and r.steps == 10 and seen[-1].total_steps == 10
+    assert r.stopped == "max_steps" and r.steps == 10 and seen[-1].total_steps == 10
 
 
 def test_best_keeps_the_lowest_score_and_counts_the_validations_since():
