@@ -10,14 +10,13 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from app.devserver import ROOT, free_port
+from app.devserver import ROOT, Server, free_port
 
 CONFIG = ROOT / "deploy" / "haproxy.cfg"
 HAPROXY = shutil.which("haproxy") or next(
@@ -97,62 +96,15 @@ def common_free_port(hosts: list[str]) -> int:
     raise OSError(f"no port free on all of {hosts}")
 
 
-class Replica:
+class Replica(Server):
     """`charrnn serve` on host:port (app/devserver.py's Server, on any loopback address)."""
 
     def __init__(self, store: Path, host: str, port: int, env: dict[str, str]):
-        self.host, self.port = host, port
-        self.url = f"http://{host}:{port}"
-        self.env = {**os.environ, "CHARRNN_MODEL_STORE": str(store), "CHARRNN_DEVICE": "cpu", **env}
-        self.log_path = Path(store) / f"replica-{host}-{port}.log"
-        self.proc: subprocess.Popen | None = None
+        super().__init__(store, env, host=host, port=port)
 
-    def start(self) -> Replica:
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--host", self.host, "--port", str(self.port)],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+    def start(self, timeout: float = 60.0) -> Replica:  # started here, waited on with wait_ready()
+        self.launch()
         return self
-
-    def wait_ready(self, timeout: float = 60.0) -> Replica:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"replica {self.url} exited:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"replica {self.url} not ready within {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()  # SIGKILL: no drain, sockets closed by the kernel
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
 
     def requests_served(self, route: str, method: str = "POST") -> int:
         """This replica's own count of requests to a route (its Prometheus counter), any status."""
