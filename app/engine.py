@@ -283,9 +283,9 @@ class _Worker:
             batch = self._batches.get(key)
             if batch is None:
                 batch = self._batches[key] = DecodeBatch(loaded.model, loaded.vocab, req.dtype, self.prefix_cache)
+            self._running.append(req)  # before its rows join: a failure while joining still answers it
             for k, prompt in enumerate(req.prompts):
                 batch.add(prompt, req.seqs[k * req.n : (k + 1) * req.n], namespace=(req.tenant, id(loaded.model)))
-            self._running.append(req)
 
     def _step(self) -> None:
         # cancellation is read once per step: a flag set meanwhile is handled at the next step,

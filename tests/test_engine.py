@@ -149,3 +149,25 @@ def test_a_rows_logprobs_and_samplers_do_not_depend_on_its_batch(loaded):
                 assert a.id == b.id and a.logprob == pytest.approx(b.logprob, abs=1e-5)
                 assert [i for i, _ in a.top] == [i for i, _ in b.top]
                 assert [v for _, v in a.top] == pytest.approx([v for _, v in b.top], abs=1e-5)
+
+
+def test_a_request_that_fails_to_join_is_answered_not_stranded(loaded, monkeypatch):
+    from app.engine import Failed
+    from app.lm.generate import DecodeBatch
+
+    def broken(self, prefix, seqs, namespace=None):
+        raise RuntimeError("cannot join")
+
+    monkeypatch.setattr(DecodeBatch, "add", broken)
+    engine = Engine(max_batch_size=4, max_queued=10)
+    engine.start()
+    try:
+
+        async def one():
+            req = GenerationRequest(["ab"], SamplingParams(), 1, 0, loaded, loop=asyncio.get_running_loop())
+            engine.submit(req)
+            return await asyncio.wait_for(req.queue.get(), 10)
+
+        assert isinstance(asyncio.run(one()), Failed)
+    finally:
+        engine.stop()
