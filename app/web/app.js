@@ -1008,6 +1008,10 @@
     $("job-cancel").disabled = false;
     $("job-progress").value = 0;
     $("job-title").textContent = `Training \u201c${name}\u201d`;
+    const badge = $("job-status"); // the previous job's status must not stand for this one
+    badge.hidden = false;
+    badge.className = "badge is-queued";
+    badge.textContent = "queued";
     $("samples").replaceChildren();
     $("samples-empty").hidden = false;
     samplesShown = "";

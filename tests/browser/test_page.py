@@ -333,6 +333,7 @@ def test_text_from_the_model_training_names_and_errors_is_shown_as_text_never_as
     page.check("#t-lines")
     page.fill("#t-name", "markup")
     page.click("#t-start")
+    page.wait_for_selector("#job-title >> text=markup")  # this job, not the one shown before it
     page.wait_for_selector("#job-status >> text=succeeded", timeout=60_000)
     assert page.text_content("#samples li .sample-text").startswith("<")  # the sample starts at "<"
     not_pwned(page)
