@@ -59,7 +59,11 @@ class Completions:
     async def submit(self, request: CompletionRequest) -> GenerationRequest:
         """Resolves the model (loading it off the event loop if need be), compiles the regex and the
         logit bias for its vocabulary, and queues the completion (Overloaded when the queue is full)."""
-        loaded = await asyncio.to_thread(self.models.get, request.model)
+        active = self.models.active
+        if request.model is None or request.model == active.name:
+            loaded = active  # no disk to read: no hop to a thread on the common path
+        else:
+            loaded = await asyncio.to_thread(self.models.get, request.model)
         constraint = await asyncio.to_thread(_constraint, request.regex, loaded) if request.regex else None
         params = request.params
         if request.bias:
