@@ -47,6 +47,11 @@ class Settings(BaseSettings):
         description="Memory for the states after long prefixes, so a prefix sent again is not read again "
         "(least recently used leave first; kept apart per API key); 0 = off.",
     )
+    compiled_decoding: bool = Field(
+        True,
+        description="Decode on the CPU in compiled code (numba): many characters per call, sampling included; "
+        "false = torch one step at a time (the reference path; same choices within float rounding).",
+    )
     max_new_chars: int = Field(4_096, ge=1, le=1_000_000, description="Most characters one completion may ask for.")
     max_n: int = Field(16, ge=1, le=256, description="Most completions one request may ask for.")
     max_stop_chars: int = Field(64, ge=1, le=4096, description="Longest stop string.")

@@ -29,6 +29,8 @@ from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+MAX_STEPS_PER_TICK = 4096  # characters per row one engine tick may take (DecodeBatch.step bounds it by time too)
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -137,6 +139,7 @@ class Engine:
         workers: int = 1,
         one_thread: bool = False,
         prefix_cache: PrefixCache | None = None,
+        compiled: bool = True,
     ):
         workers = max(1, workers if batching else 1)  # batching off: one request at a time, in all
         self.max_queued = max_queued
@@ -146,7 +149,8 @@ class Engine:
         one_thread = one_thread or workers > 1
         self.prefix_cache = prefix_cache
         self.workers = [
-            _Worker(f"decode-{k}", per_worker, batching, metrics, one_thread, prefix_cache) for k in range(workers)
+            _Worker(f"decode-{k}", per_worker, batching, metrics, one_thread, prefix_cache, compiled)
+            for k in range(workers)
         ]
         self._lock = threading.Lock()
         self._started = False
@@ -199,8 +203,10 @@ class _Worker:
         metrics: Metrics | None,
         one_thread: bool,
         prefix_cache: PrefixCache | None = None,
+        compiled: bool = True,
     ):
         self.name = name
+        self.compiled = compiled
         self.prefix_cache = prefix_cache
         self.max_batch_size = max_batch_size
         self.batching = batching
@@ -282,7 +288,9 @@ class _Worker:
             key = (id(loaded.model), req.dtype)  # one batch per model and precision
             batch = self._batches.get(key)
             if batch is None:
-                batch = self._batches[key] = DecodeBatch(loaded.model, loaded.vocab, req.dtype, self.prefix_cache)
+                batch = self._batches[key] = DecodeBatch(
+                    loaded.model, loaded.vocab, req.dtype, self.prefix_cache, compiled=self.compiled
+                )
             self._running.append(req)  # before its rows join: a failure while joining still answers it
             for k, prompt in enumerate(req.prompts):
                 batch.add(prompt, req.seqs[k * req.n : (k + 1) * req.n], namespace=(req.tenant, id(loaded.model)))
@@ -298,10 +306,13 @@ class _Worker:
             for req in gone:
                 self._finish(req, "cancelled")
             self._running = [r for r in self._running if r not in gone]
-        stepped = 0
+        stepped = steps = 0
+        # many characters per call while nobody waits to join (the compiled path; see DecodeBatch.step)
+        max_steps = 1 if self.pending else MAX_STEPS_PER_TICK
         for key, batch in list(self._batches.items()):
-            batch.step()
+            batch.step(max_steps)
             stepped += batch.sampled
+            steps = max(steps, batch.steps)
             if not batch.busy:
                 del self._batches[key]
         still = []
@@ -317,7 +328,7 @@ class _Worker:
         self._running = still
         if self.metrics and stepped:
             self.metrics.generated_chars.inc(stepped)
-            self.metrics.decode_steps.inc()
+            self.metrics.decode_steps.inc(steps)
 
     def _finish(self, req: GenerationRequest, outcome: str) -> None:
         if self.metrics:

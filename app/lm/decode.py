@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import overload
+from typing import Any, overload
 
 import torch
 from torch import nn
@@ -40,6 +40,7 @@ class _Cache:
     params: list[nn.Parameter]  # the Parameter objects live as long as the model; their values may change
     key: tuple = ()  # every parameter's (_version..., data_ptr...) when `weights` were built
     weights: dict[torch.dtype, DecodeWeights] = field(default_factory=dict)
+    extras: dict[tuple[torch.dtype, str], object] = field(default_factory=dict)  # other forms of `weights`
 
 
 # per model, dropped with it; a model's own attributes stay its parameters and buffers
@@ -135,10 +136,20 @@ def decode_weights(model: CharRNN, dtype: torch.dtype = torch.float32) -> Decode
         cache = _caches[model] = _Cache(list(model.parameters()))
     key = tuple(p._version for p in cache.params) + tuple(p.data_ptr() for p in cache.params)
     if cache.key != key:
-        cache.key, cache.weights = key, {}
+        cache.key, cache.weights, cache.extras = key, {}, {}
     if dtype not in cache.weights:
         cache.weights[dtype] = _build(model, dtype)
     return cache.weights[dtype]
+
+
+def extra(model: CharRNN, dtype: torch.dtype, name: str, value: object = None) -> Any:
+    """Another form of decode_weights(model, dtype) kept beside it (and dropped with it when a
+    parameter changes): returns the one kept under `name`, or keeps `value` there. Call
+    decode_weights first: it is what notices a change."""
+    cache = _caches[model]
+    if value is not None:
+        cache.extras[(dtype, name)] = value
+    return cache.extras.get((dtype, name))
 
 
 def _build(model: CharRNN, dtype: torch.dtype) -> DecodeWeights:

@@ -119,6 +119,14 @@ class Sequence:
         self._next_uniform += 1
         return self._uniforms[self._next_uniform - 1]
 
+    def uniforms(self, n: int) -> np.ndarray:
+        """The next n numbers of this sequence's stream: the same values as n calls of uniform()."""
+        have = self._uniforms[self._next_uniform : self._next_uniform + n]
+        self._next_uniform += len(have)
+        if len(have) == n:
+            return have
+        return np.concatenate((have, self.rng.random(n - len(have))))
+
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
@@ -165,6 +173,33 @@ class Sequence:
                     return
         if self.steps >= self.params.max_new_chars:
             self.finish_reason = "length"
+
+    def extend(self, ids: list[int], chars: list[str]) -> int:
+        """Takes several sampled characters at once, ending exactly where append() one at a time
+        would (a stop string, then the length limit). For sequences without a regex, penalties or
+        log-probabilities (the compiled decoding path). Returns how many of them it took."""
+        assert self.constraint is None and self._recent is None and self._counts is None and self.logprobs is None
+        take = len(ids)
+        if self._stop_window:
+            carry = self.chars[max(0, len(self.chars) - self._stop_window + 1) :]
+            text = "".join(carry) + "".join(chars)
+            end, which = len(text) + 1, ""
+            for stop in self.params.stop:  # the earliest end wins; at the same end, the first listed
+                at = text.find(stop)
+                if at >= 0 and at + len(stop) < end:
+                    end, which = at + len(stop), stop
+            if which:
+                take = end - len(carry)
+                self.chars.extend(chars[:take])
+                self.steps += take
+                del self.chars[len(self.chars) - len(which) :]
+                self.finish_reason = "stop"
+                return take
+        self.chars.extend(chars)
+        self.steps += take
+        if self.steps >= self.params.max_new_chars:
+            self.finish_reason = "length"
+        return take
 
     def _held_back(self) -> int:
         """Characters at the end that could still grow into a stop string: not safe to show yet."""

@@ -25,6 +25,7 @@ class Vocab:
             raise ValueError("vocabulary entries must be single characters")
         self.chars: list[str] = chars  # known characters; id = position + 1
         self._ids = {c: i + 1 for i, c in enumerate(chars)}
+        self.by_id: list[str] = [""] + chars  # every id's character; UNK's is "" (as id_to_char)
 
     @classmethod
     def from_text(cls, text: str | Iterable[str], min_count: int = 1) -> Vocab:

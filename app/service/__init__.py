@@ -38,6 +38,7 @@ class Service:
             workers=decode_workers(settings.decode_workers, device),
             one_thread=device.type == "cpu",
             prefix_cache=self.prefix_cache,
+            compiled=settings.compiled_decoding,
         )
         self.metrics.batch_size.set_function(lambda: self.engine.rows)
         self.metrics.queue_depth.set_function(lambda: self.engine.queued)

@@ -1,0 +1,464 @@
+"""Decoding on the CPU without leaving compiled code: many steps, sampling included, per call.
+
+A character model takes one step per character, and a step of a small model costs less than
+Python's own overhead of calling torch a dozen times. `decode_chunk` runs up to K steps for a
+batch of rows in one call of compiled code (numba): it samples each row's next character from
+its logits (greedy, or temperature with top-k, top-p and min-p, drawing from the row's own
+random numbers, passed in), then steps every row that continues. Pre-allocated buffers, no
+Python per character.
+
+The maths is decode.step's (app/lm/decode.py builds the weights for both and stays the
+reference the tests compare this with): layer 0's input projection is a table lookup, the
+LSTM's cell-input rows come doubled, and bfloat16 means the products' inputs and results are
+rounded to bfloat16 with float32 sums. Here the bfloat16 matrices are kept as 2 bytes per
+weight and widened one matrix row at a time, so a step reads half the bytes of float32.
+
+Each row's arithmetic is the same whatever else is in the call: a batch is looped over inside
+each matrix row (so each weight row is read once per step for all rows), and each row sums
+its products in the same order alone or batched.
+
+Sampling follows sampling._draw exactly, in float64, with the same random number per sampled
+character. Rows that need per-character Python (regex, log-probabilities, penalties, logit
+bias) take the one-step path instead (generate.DecodeBatch decides).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+import torch
+from llvmlite import ir  # type: ignore[import-untyped]
+from numba import types
+from numba.extending import intrinsic as _intrinsic
+
+from app.lm import decode
+from app.lm.model import CharRNN
+
+# numba's decorators, untyped for mypy: compiled functions take the arguments their Python source names
+njit: Any = numba.njit
+intrinsic: Any = _intrinsic
+
+CELL_CODES = {"rnn": 0, "lstm": 1, "gru": 2}
+_EMPTY_F32 = np.zeros((1, 1, 1), np.float32)
+_EMPTY_U16 = np.zeros((1, 1, 1), np.uint16)
+
+
+@dataclass(frozen=True)
+class FastWeights:
+    """decode.DecodeWeights as NumPy arrays for the compiled step (views of the same memory where possible).
+
+    Matrices are stacked per layer: wh (L, H, G*H) the recurrent ones, wx (L-1, H, G*H) the input
+    ones of layers >= 1, in float32 or (bf16) as bfloat16 bits in uint16: half the bytes to read."""
+
+    cell: int
+    bf16: bool
+    table: np.ndarray  # (V, G*H) float32
+    wh: np.ndarray
+    wx: np.ndarray
+    bx: np.ndarray  # (L, G*H) float32: input-side bias of layers >= 1 (b_ih + b_hh where not a GRU)
+    bh: np.ndarray  # (L, G*H) float32: a GRU's recurrent bias (zeros for other cells)
+    fc: np.ndarray  # (1, H, V) float32
+    fc_bias: np.ndarray  # (V,) float32
+    hidden: int
+    layers: int
+
+    @property
+    def matrix_shapes(self) -> list[tuple[int, int]]:
+        """(in, out) of every matrix a one-row step multiplies: what one step reads."""
+        gh = self.table.shape[1]
+        shapes = [(self.hidden, gh)] * self.layers + [(self.hidden, gh)] * (self.layers - 1)
+        return shapes + [self.fc.shape[1:]]
+
+    def args(self) -> tuple:
+        return (self.cell, self.bf16, self.table, self.wh, self.wx, self.bx, self.bh, self.fc, self.fc_bias)
+
+
+def supports(model: CharRNN, dtype: torch.dtype) -> bool:
+    """Whether decode_chunk can decode this model in this dtype: CPU, float32 or bfloat16."""
+    return model.fc.weight.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def _stack(mats: list[torch.Tensor], bf16: bool) -> np.ndarray:
+    if not mats:
+        return _EMPTY_U16 if bf16 else _EMPTY_F32
+    stacked = torch.stack([m.contiguous() for m in mats])
+    if bf16:
+        return stacked.view(torch.int16).numpy().view(np.uint16)
+    return stacked.float().numpy()
+
+
+def fast_weights(model: CharRNN, dtype: torch.dtype) -> FastWeights:
+    """Built from decode_weights (and cached with it: rebuilt whenever a parameter changes)."""
+    w = decode.decode_weights(model, dtype)
+    cached = decode.extra(model, dtype, "fast")
+    if cached is not None:
+        return cached
+    cfg = model.config
+    bf16 = dtype == torch.bfloat16
+    layers, hidden = cfg.num_layers, cfg.hidden_size
+    gh = w.input_table.shape[1]
+    wh = list(w.w_hh)
+    wx = list(w.w_ih[1:])
+    bx = np.zeros((layers, gh), np.float32)
+    bh = np.zeros((layers, gh), np.float32)
+    for k in range(1, layers):
+        bx[k] = _np(w.b_ih[k] if cfg.cell == "gru" else w.bias[k])  # type: ignore[arg-type]
+    if cfg.cell == "gru":
+        for k in range(layers):
+            bh[k] = _np(w.b_hh[k])
+    fw = FastWeights(
+        cell=CELL_CODES[cfg.cell],
+        bf16=bf16,
+        table=_np(w.input_table.float()),
+        wh=_stack(wh, bf16),
+        wx=_stack(wx, bf16),
+        bx=bx,
+        bh=bh,
+        fc=_np(w.fc.float())[None],
+        fc_bias=_np(model.fc.bias.float()),
+        hidden=hidden,
+        layers=layers,
+    )
+    decode.extra(model, dtype, "fast", fw)
+    return fw
+
+
+# ---- compiled code ------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _round_bf16(x, n):  # pragma: no cover - compiled
+    """Rounds x[:n] (float32) to the nearest bfloat16, ties to even, in place."""
+    u = x.view(np.uint32)
+    for j in range(n):
+        b = u[j]
+        u[j] = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+
+
+@intrinsic
+def _widen(typingctx, v):  # pragma: no cover - compiled
+    """A weight as float32: a bfloat16 (its uint16 bits) shifted into the top half, a float32 as it is."""
+    if v == types.uint16:
+
+        def codegen(context, builder, signature, args):
+            wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+            return builder.bitcast(wide, ir.FloatType())
+
+        return types.float32(v), codegen
+    if v == types.float32:
+        return types.float32(v), lambda context, builder, signature, args: args[0]
+    return None
+
+
+@njit(cache=True, nogil=True)
+def _product(acc, x, rows, n, w, m):  # pragma: no cover - compiled
+    """acc[r] += x[r] @ w[m] for the n rows listed in `rows` (w: float32, or bfloat16 as uint16).
+
+    Eight weight rows at a time, applied to every listed row while they sit in L1: the weights
+    are read once per step for the whole batch. Each row adds its eight products to its sum in a
+    fixed order (no reassociation), so a row's result never depends on the others."""
+    k_in = x.shape[1]
+    width = acc.shape[1]
+    k8 = k_in - k_in % 8
+    for k in range(0, k8, 8):
+        b = w[m, k : k + 8]  # one block: a single range for the compiler's overlap check
+        for q in range(n):
+            r = rows[q]
+            xr = x[r]
+            x0, x1, x2, x3 = xr[k], xr[k + 1], xr[k + 2], xr[k + 3]
+            x4, x5, x6, x7 = xr[k + 4], xr[k + 5], xr[k + 6], xr[k + 7]
+            a = acc[r]
+            for j in range(width):
+                a[j] = (
+                    a[j] + x0 * _widen(b[0, j]) + x1 * _widen(b[1, j]) + x2 * _widen(b[2, j]) + x3 * _widen(b[3, j])
+                    + x4 * _widen(b[4, j]) + x5 * _widen(b[5, j]) + x6 * _widen(b[6, j]) + x7 * _widen(b[7, j])
+                )  # fmt: skip
+    for k in range(k8, k_in):
+        wk = w[m, k]
+        for q in range(n):
+            r = rows[q]
+            xv = x[r, k]
+            a = acc[r]
+            for j in range(width):
+                a[j] = a[j] + xv * _widen(wk[j])
+
+
+@njit(cache=True, nogil=True)
+def _fc(logits, x, rows, n, fc, fc_bias):  # pragma: no cover - compiled
+    """logits[r] = fc_bias + x[r] @ fc[0] for the listed rows (always float32)."""
+    for q in range(n):
+        logits[rows[q]] = 0.0
+    _product(logits, x, rows, n, fc, 0)
+    for q in range(n):
+        out = logits[rows[q]]
+        for j in range(out.shape[0]):
+            out[j] = out[j] + fc_bias[j]
+
+
+@njit(cache=True, nogil=True)
+def _sigmoid(x):  # pragma: no cover - compiled
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@njit(cache=True, nogil=True)
+def _step_rows(
+    cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
+    ids, rows, n, state, logits, acc, acc2, xin, hin, products_only,
+):  # fmt: skip  # pragma: no cover - compiled
+    """decode.step for the listed rows: state (R, B, H) and logits (B, V) updated in place."""
+    layers = wh.shape[0]
+    hidden = state.shape[2]
+    gh = table.shape[1]
+    for layer in range(layers):
+        for q in range(n):  # zero the accumulators; copy (and round) this layer's inputs
+            r = rows[q]
+            for j in range(gh):
+                acc[r, j] = 0.0
+                acc2[r, j] = 0.0
+            for j in range(hidden):
+                hin[r, j] = state[layer, r, j]
+                if layer > 0:
+                    xin[r, j] = state[layer - 1, r, j]
+            if bf16:
+                _round_bf16(hin[r], hidden)
+                if layer > 0:
+                    _round_bf16(xin[r], hidden)
+        if cell == 2:  # GRU: input and recurrent parts apart (the reset gate scales only the latter)
+            if layer > 0:
+                _product(acc, xin, rows, n, wx, layer - 1)
+            _product(acc2, hin, rows, n, wh, layer)
+        else:  # one sum: input part (layers >= 1), then recurrent part
+            if layer > 0:
+                _product(acc, xin, rows, n, wx, layer - 1)
+            _product(acc, hin, rows, n, wh, layer)
+        if products_only:
+            continue
+        for q in range(n):
+            r = rows[q]
+            a = acc[r]
+            if bf16:
+                _round_bf16(a, gh)
+                _round_bf16(acc2[r], gh)
+            if layer == 0:  # the input projection (biases included) is a table row
+                t = table[ids[r]]
+                if cell == 2:
+                    for j in range(gh):
+                        acc2[r, j] += bh[0, j]
+                        a[j] = t[j]
+                else:
+                    for j in range(gh):
+                        a[j] += t[j]
+            else:
+                for j in range(gh):
+                    a[j] += bx[layer, j]
+                if cell == 2:
+                    for j in range(gh):
+                        acc2[r, j] += bh[layer, j]
+            h = state[layer, r]
+            if cell == 0:
+                for j in range(hidden):
+                    h[j] = math.tanh(a[j])
+            elif cell == 1:
+                c = state[layers + layer, r]
+                for j in range(hidden):
+                    i = _sigmoid(a[j])
+                    f = _sigmoid(a[hidden + j])
+                    g = _sigmoid(a[2 * hidden + j])  # doubled rows: tanh(x) = 2 sigmoid(2x) - 1
+                    o = _sigmoid(a[3 * hidden + j])
+                    cj = (f * c[j] - i) + 2.0 * (i * g)
+                    c[j] = cj
+                    h[j] = 2.0 * (o * _sigmoid(cj + cj)) - o
+            else:
+                hp = acc2[r]
+                for j in range(hidden):
+                    rg = _sigmoid(a[j] + hp[j])
+                    z = _sigmoid(a[hidden + j] + hp[hidden + j])
+                    nn = math.tanh(a[2 * hidden + j] + rg * hp[2 * hidden + j])
+                    h[j] = nn + z * (h[j] - nn)
+    for q in range(n):
+        r = rows[q]
+        for j in range(hidden):
+            hin[r, j] = state[layers - 1, r, j]
+    _fc(logits, hin, rows, n, fc, fc_bias)
+
+
+@njit(cache=True, nogil=True)
+def _sample_row(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked):  # pragma: no cover - compiled
+    """sampling._draw (or the argmax) for one row, in float64: the same choice for the same number."""
+    v = logits.shape[0]
+    for j in range(v):
+        x[j] = logits[j]
+    x[unk] = -np.inf
+    if temperature <= 0.0:
+        best = 0
+        for j in range(1, v):
+            if x[j] > x[best]:
+                best = j
+        return best
+    top = -np.inf
+    for j in range(v):
+        x[j] = x[j] / temperature
+        if x[j] > top:
+            top = x[j]
+    for j in range(v):
+        x[j] = math.exp(x[j] - top)
+    k = top_k if top_k > 0 else v
+    if k < v or top_p < 1.0 or min_p > 0.0:
+        for j in range(v):
+            ranked[j] = -x[j]
+        ranked[:v].sort()
+        total = 0.0
+        for j in range(v):
+            ranked[j] = -ranked[j]
+            total += ranked[j]
+        kept = 0
+        run = 0.0
+        for j in range(v):
+            run += ranked[j]
+            if (run - ranked[j]) / total < top_p:
+                kept += 1
+        kept = min(kept, k)
+        cutoff = max(ranked[kept - 1], min_p * ranked[0])
+        for j in range(v):
+            if x[j] < cutoff:
+                x[j] = 0.0
+    cdf = 0.0
+    for j in range(v):
+        cdf += x[j]
+        x[j] = cdf
+    target = u * cdf
+    for j in range(v):
+        if x[j] > target:
+            return j
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _decode_chunk(
+    cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
+    state, logits, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk,
+):  # fmt: skip  # pragma: no cover - compiled
+    batch = logits.shape[0]
+    chunk = out.shape[1]
+    vocab = logits.shape[1]
+    hidden = state.shape[2]
+    gh = table.shape[1]
+    acc = np.empty((batch, gh), np.float32)
+    acc2 = np.empty((batch, gh), np.float32)
+    xin = np.empty((batch, hidden), np.float32)
+    hin = np.empty((batch, hidden), np.float32)
+    x = np.empty(vocab, np.float64)
+    ranked = np.empty(vocab, np.float64)
+    ids = np.zeros(batch, np.int64)
+    rows = np.empty(batch, np.int64)
+    steps = 0
+    for t in range(chunk):
+        n = 0
+        sampled = 0
+        for r in range(batch):
+            if t < remaining[r] and t < chunk:
+                i = _sample_row(logits[r], temperature[r], top_k[r], top_p[r], min_p[r], uniforms[r, t], unk, x, ranked)
+                out[r, t] = i
+                ids[r] = i
+                sampled += 1
+                if t + 1 < remaining[r]:  # it goes on: feed the character
+                    rows[n] = r
+                    n += 1
+        if sampled == 0:
+            break
+        steps = t + 1
+        if n:
+            _step_rows(
+                cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
+                ids, rows, n, state, logits, acc, acc2, xin, hin, False,
+            )  # fmt: skip
+    return steps
+
+
+@njit(cache=True, nogil=True)
+def _step_only(
+    cell, bf16, table, wh, wx, bx, bh, fc, fc_bias, ids, state, logits, products_only, repeats
+):  # pragma: no cover - compiled
+    batch = logits.shape[0]
+    hidden = state.shape[2]
+    gh = table.shape[1]
+    acc = np.empty((batch, gh), np.float32)
+    acc2 = np.empty((batch, gh), np.float32)
+    xin = np.empty((batch, hidden), np.float32)
+    hin = np.empty((batch, hidden), np.float32)
+    rows = np.arange(batch)
+    for _ in range(repeats):
+        _step_rows(
+            cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
+            ids, rows, batch, state, logits, acc, acc2, xin, hin, products_only,
+        )  # fmt: skip
+
+
+# ---- Python entry points --------------------------------------------------------------------------
+
+
+def step(model: CharRNN, ids: torch.Tensor, state: torch.Tensor, dtype: torch.dtype = torch.float32):
+    """decode.step through the compiled code (for tests and benches): same arguments, same results
+    within float rounding."""
+    fw = fast_weights(model, dtype)
+    st = state.detach().float().contiguous().clone()
+    logits = np.empty((ids.shape[0], model.config.vocab_size), np.float32)
+    _step_only(*fw.args(), ids.numpy().astype(np.int64), st.numpy(), logits, False, 1)
+    return torch.from_numpy(logits), st
+
+
+def time_steps(model: CharRNN, dtype: torch.dtype, batch: int, repeats: int, products_only: bool) -> float:
+    """Seconds per step of `batch` rows: the whole step, or its matrix products alone (for the benches)."""
+    import time
+
+    fw = fast_weights(model, dtype)
+    state = np.zeros((model.config.state_rows, batch, model.config.hidden_size), np.float32)
+    logits = np.empty((batch, model.config.vocab_size), np.float32)
+    ids = np.ones(batch, np.int64)
+    _step_only(*fw.args(), ids, state, logits, products_only, 1)  # compiled and warm
+    start = time.perf_counter()
+    _step_only(*fw.args(), ids, state, logits, products_only, repeats)
+    return (time.perf_counter() - start) / repeats
+
+
+def decode_chunk(
+    fw: FastWeights,
+    state: np.ndarray,
+    logits: np.ndarray,
+    temperature: np.ndarray,
+    top_k: np.ndarray,
+    top_p: np.ndarray,
+    min_p: np.ndarray,
+    uniforms: np.ndarray,
+    remaining: np.ndarray,
+    out: np.ndarray,
+    unk: int,
+) -> int:
+    """Up to out.shape[1] steps for every row (row r: remaining[r] at most): samples row r's t-th
+    character with uniforms[r, t] into out[r, t] and feeds it unless the row is done. state (R, B, H)
+    and logits (B, V) are updated in place (a finished row's are left stale). Returns the steps taken."""
+    return int(
+        _decode_chunk(*fw.args(), state, logits, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk)
+    )
+
+
+def warm(model: CharRNN, dtype: torch.dtype) -> None:
+    """Compiles (or loads from numba's cache) the code for this dtype and builds the model's
+    weights for it, so that the first request does not wait for either. No-op where unsupported."""
+    if not supports(model, dtype):
+        return
+    fw = fast_weights(model, dtype)
+    cfg = model.config
+    state = np.zeros((cfg.state_rows, 1, cfg.hidden_size), np.float32)
+    logits = np.zeros((1, cfg.vocab_size), np.float32)
+    one = np.ones(1)
+    decode_chunk(fw, state, logits, one, np.zeros(1, np.int64), one, np.zeros(1), np.zeros((1, 2)),
+                 np.full(1, 2, np.int64), np.zeros((1, 2), np.int64), 0)  # fmt: skip
