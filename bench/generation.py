@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from app.devserver import Server
-from app.lm import default
+from app.lm import default, fastpath
 from app.lm.constraint import compile_regex
 from app.lm.generate import generate
 from app.lm.model import CharRNN, ModelConfig
 from app.lm.sampling import SamplingParams
+from app.lm.store import ModelStore
 from app.lm.train import build_model, train_on_text
 from app.lm.vocab import Vocab
 
@@ -56,6 +57,16 @@ def tutorial_sample(model: CharRNN, vocab: Vocab, out_len: int, start: str) -> s
     return "".join(chars)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (lscpu's), to print beside every figure."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def chars_per_s(fn, new_chars: int, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -86,13 +97,19 @@ def compare(model: CharRNN, vocab: Vocab, prefix: str, lengths: list[int], repea
     return rows
 
 
-def step_costs(model: CharRNN, vocab: Vocab, prefix: str, pattern: str, new_chars: int, repeats: int) -> dict:
+def step_costs(
+    model: CharRNN, vocab: Vocab, prefix: str, pattern: str, new_chars: int, repeats: int, dtype: torch.dtype
+) -> dict:
     """Microseconds per generated character with each sampler option beside plain greedy decoding,
-    on one stream (the same steps, so the difference is the option's own per-step cost)."""
+    on one stream (the same steps, so the difference is the option's own per-step cost), and what
+    each costs outside the step's matrix products (the products timed alone on the compiled path).
+    Regex, log-probabilities and penalties take torch's one-step path (Python per character)."""
     automaton = compile_regex(pattern, vocab)
     cases = {
         "greedy": (SamplingParams(max_new_chars=new_chars), None),
         "t0.8_topk40": (SamplingParams(max_new_chars=new_chars, temperature=0.8, top_k=40), None),
+        "t0.8_topp0.9": (SamplingParams(max_new_chars=new_chars, temperature=0.8, top_p=0.9), None),
+        "stop_strings": (SamplingParams(max_new_chars=new_chars, stop=("\u2603\u2603", "~~~", "@@")), None),
         "logprobs5": (SamplingParams(max_new_chars=new_chars, logprobs=5), None),
         "regex": (SamplingParams(max_new_chars=new_chars), automaton),
         "penalties": (
@@ -120,12 +137,92 @@ def step_costs(model: CharRNN, vocab: Vocab, prefix: str, pattern: str, new_char
         runs = []
         for _ in range(repeats):
             t = time.perf_counter()
-            [seq] = generate(model, vocab, prefix, params, seed=1, constraint=constraint)
+            [seq] = generate(model, vocab, prefix, params, seed=1, constraint=constraint, dtype=dtype)
             runs.append((time.perf_counter() - t) / max(seq.steps, 1))
-        out[name + "_us_per_char"] = round(statistics.median(runs) * 1e6, 1)
+        out[name + "_us_per_char"] = round(statistics.median(runs) * 1e6, 2)
     plain = out["greedy_us_per_char"]
-    out["extra_us_over_greedy"] = {k: round(v - plain, 1) for k, v in out.items() if k.endswith("_us_per_char")}
+    products = products_seconds(model, dtype, repeats) * 1e6
+    out["decode_dtype"] = str(dtype).removeprefix("torch.")
+    out["matrix_products_us_per_step"] = round(products, 2)
+    per_char = {k.removesuffix("_us_per_char"): v for k, v in out.items() if k.endswith("_us_per_char")}
+    out["extra_us_over_greedy"] = {k: round(v - plain, 2) for k, v in per_char.items()}
+    out["outside_products_us_per_char"] = {k: round(v - products, 2) for k, v in per_char.items()}
     return out
+
+
+def products_seconds(model: CharRNN, dtype: torch.dtype, repeats: int) -> float:
+    """The compiled path's matrix products of one one-row step, alone (median of `repeats`)."""
+    n = max(50, int(0.05 / max(fastpath.time_steps(model, dtype, 1, 20, True), 1e-7)))
+    return statistics.median(fastpath.time_steps(model, dtype, 1, n, True) for _ in range(repeats))
+
+
+def one_row_bound(model: CharRNN, dtype: torch.dtype, repeats: int) -> dict:
+    """The weight-reading bound of one step: the model's decode matrices (same shapes, same bytes,
+    `dtype`; the output layer in float32), each multiplied by one row in turn, by torch and by NumPy
+    (float32 only: NumPy has no bfloat16); the faster of the two, median of `repeats`."""
+    shapes = fastpath.fast_weights(model, dtype).matrix_shapes
+    gen = torch.Generator().manual_seed(0)
+    mats = [torch.randn(k, n, generator=gen) for k, n in shapes]
+    mats = [m.to(dtype) if i < len(mats) - 1 else m for i, m in enumerate(mats)]
+    rows = [torch.randn(1, m.shape[0], generator=gen).to(m.dtype) for m in mats]
+
+    def timed(fn) -> float:
+        fn()
+        n = max(20, int(0.05 / max(_once(fn), 1e-7)))
+        return statistics.median(_once(fn, n) for _ in range(repeats))
+
+    out = {"torch_s": timed(lambda: [torch.mm(x, m) for x, m in zip(rows, mats, strict=True)])}
+    if dtype == torch.float32:
+        np_mats, np_rows = [m.numpy() for m in mats], [x.numpy() for x in rows]
+        out["numpy_s"] = timed(lambda: [x @ m for x, m in zip(np_rows, np_mats, strict=True)])
+    out["bound_s"] = min(out.values())
+    out["weight_bytes"] = sum(m.numel() * m.element_size() for m in mats)
+    return out
+
+
+def _once(fn, n: int = 1) -> float:
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n
+
+
+def at_the_limit(model: CharRNN, vocab: Vocab, prefix: str, dtypes, new_chars: int, repeats: int) -> list[dict]:
+    """One stream, in-process: chars/s of the compiled path (greedy and T=0.8) beside torch's
+    one-step reference path, the time of a step split into matrix products and everything else,
+    and the fraction of the weight-reading bound reached (bound time / step time)."""
+    rows = []
+    for dtype in dtypes:
+        bound = one_row_bound(model, dtype, repeats)
+        products = products_seconds(model, dtype, repeats)
+        row: dict = {
+            "decode_dtype": str(dtype).removeprefix("torch."),
+            "bound_us_per_step": round(bound["bound_s"] * 1e6, 2),
+            "bound_torch_us": round(bound["torch_s"] * 1e6, 2),
+            "bound_numpy_us": round(bound["numpy_s"] * 1e6, 2) if "numpy_s" in bound else None,
+            "weight_bytes_per_step": bound["weight_bytes"],
+            "matrix_products_us_per_step": round(products * 1e6, 2),
+        }
+        for label, temperature in (("greedy", 0.0), ("t0.8", 0.8)):
+            params = SamplingParams(max_new_chars=new_chars, temperature=temperature)
+            for path, compiled in (("compiled", True), ("reference", False)):
+                rate = chars_per_s(
+                    lambda p=params, c=compiled, d=dtype: generate(
+                        model, vocab, prefix, p, seed=1, dtype=d, compiled=c
+                    ),
+                    new_chars,
+                    repeats,
+                )
+                row[f"{label}_{path}_chars_per_s"] = round(rate, 1)
+            step = 1 / row[f"{label}_compiled_chars_per_s"]
+            row[f"{label}_us_per_step"] = round(step * 1e6, 2)
+            row[f"{label}_outside_products_us_per_step"] = round((step - products) * 1e6, 2)
+            row[f"{label}_fraction_of_bound"] = round(bound["bound_s"] / step, 3)
+            row[f"{label}_speedup_vs_reference"] = round(
+                row[f"{label}_compiled_chars_per_s"] / row[f"{label}_reference_chars_per_s"], 1
+            )
+        rows.append(row)
+    return rows
 
 
 def http_default_model(new_chars: int, repeats: int) -> float:
@@ -139,6 +236,36 @@ def http_default_model(new_chars: int, repeats: int) -> float:
             times.append(time.perf_counter() - t)
             assert r.status_code == 200 and r.json()["usage"]["completion_chars"] == new_chars
     return new_chars / statistics.median(times)
+
+
+def http_lstm(model: CharRNN, vocab: Vocab, prefix: str, new_chars: int, repeats: int) -> dict:
+    """One 1000-character request over HTTP on the 2x256 LSTM (decode precision auto), beside the
+    same completion in-process on the same precision."""
+    with tempfile.TemporaryDirectory() as store, httpx.Client(timeout=300) as client:
+        models = ModelStore(store)
+        models.save("lstm", model, vocab)
+        models.set_active("lstm")
+        with Server(store) as server:
+            dtype = client.get(server.url + "/health").json()["decode_dtype"]
+            body = {"prefix": prefix, "max_new_chars": new_chars, "temperature": 0.8, "seed": 1}
+            client.post(server.url + "/complete", json=body)  # warm-up
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                r = client.post(server.url + "/complete", json=body)
+                times.append(time.perf_counter() - t)
+                assert r.status_code == 200 and r.json()["usage"]["completion_chars"] == new_chars
+    params = SamplingParams(max_new_chars=new_chars, temperature=0.8)
+    torch_dtype = getattr(torch, dtype)
+    local = chars_per_s(lambda: generate(model, vocab, prefix, params, seed=1, dtype=torch_dtype), new_chars, repeats)
+    http = new_chars / statistics.median(times)
+    return {
+        "new_chars": new_chars,
+        "decode_dtype": dtype,
+        "http_chars_per_s": round(http, 1),
+        "in_process_chars_per_s": round(local, 1),
+        "http_vs_in_process": round(http / local, 3),
+    }
 
 
 def first_event_seconds(client: httpx.Client, url: str, body: dict) -> float:
@@ -181,7 +308,7 @@ def http_prefix_cache(prefix_chars: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lengths", default="200,2000")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="every figure is the median of this many runs")
     parser.add_argument("--prefix-chars", type=int, default=50_000, help="long prefix for the prefix-cache figure")
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -196,12 +323,23 @@ def main() -> None:
     default_rows = compare(tiny, tiny_vocab, "good", lengths, args.repeats)
     lstm_rows = compare(lstm, vocab, "ROMEO:\n", lengths, args.repeats)
     http_len = max(lengths)
-    costs = {
-        "default_model": step_costs(tiny, tiny_vocab, "good", "[a-z ]+", http_len, args.repeats),
-        "lstm_2x256_embedding": step_costs(
-            lstm, vocab, "ROMEO:\n", "([A-Za-z]+[ ,.;:!?'\n-]*)+", http_len, args.repeats
+    limit = {
+        "default_model": at_the_limit(tiny, tiny_vocab, "good", [torch.float32], http_len, args.repeats),
+        "lstm_2x256_embedding": at_the_limit(
+            lstm, vocab, "ROMEO:\n", [torch.float32, torch.bfloat16], http_len, args.repeats
         ),
     }
+    lstm_pattern = "([A-Za-z]+[ ,.;:!?'\n-]*)+"
+    costs = {
+        "default_model": step_costs(tiny, tiny_vocab, "good", "[a-z ]+", http_len, args.repeats, torch.float32),
+        "lstm_2x256_embedding_fp32": step_costs(
+            lstm, vocab, "ROMEO:\n", lstm_pattern, http_len, args.repeats, torch.float32
+        ),
+        "lstm_2x256_embedding_bf16": step_costs(
+            lstm, vocab, "ROMEO:\n", lstm_pattern, http_len, args.repeats, torch.bfloat16
+        ),
+    }
+    lstm_http = http_lstm(lstm, vocab, "ROMEO:\n", 1000, args.repeats)
     http = http_default_model(http_len, args.repeats)
     prefix_cache = http_prefix_cache(args.prefix_chars, args.repeats)
     tutorial_same_len = next(r for r in default_rows if r["new_chars"] == http_len)["baseline_tutorial_chars_per_s"]
@@ -209,6 +347,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "generation",
+                "cpu": cpu_model(),
                 "settings": {
                     "greedy": True,
                     "repeats_median_of": args.repeats,
@@ -218,7 +357,9 @@ def main() -> None:
                 },
                 "default_model": default_rows,
                 "lstm_2x256_embedding": lstm_rows,
+                "one_stream_at_the_limit": limit,
                 "sampler_step_costs": costs,
+                "lstm_2x256_http_one_request": lstm_http,
                 "prefix_cache_time_to_first_char": prefix_cache,
                 "default_model_http": {
                     "new_chars": http_len,

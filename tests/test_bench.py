@@ -28,6 +28,12 @@ def test_generation_bench_compares_with_the_tutorial_sampler():
     assert result["default_model_http"]["http_chars_per_s"] > 0
     costs = result["sampler_step_costs"]["default_model"]
     assert {"greedy_us_per_char", "logprobs5_us_per_char", "regex_us_per_char"} <= set(costs)
+    assert "greedy" in costs["outside_products_us_per_char"]
+    for row in result["one_stream_at_the_limit"]["lstm_2x256_embedding"]:
+        assert row["bound_us_per_step"] > 0 and row["greedy_fraction_of_bound"] > 0
+        assert row["greedy_compiled_chars_per_s"] > 0 and row["t0.8_reference_chars_per_s"] > 0
+    assert result["lstm_2x256_http_one_request"]["http_chars_per_s"] > 0
+    assert result["cpu"]
 
 
 @pytest.mark.skipif(not (CORPORA / "shakespeare_train.txt").exists(), reason="needs ../shared/corpora")

@@ -344,7 +344,7 @@ def _sample_row(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked):  #
 @njit(cache=True, nogil=True)
 def _decode_chunk(
     cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
-    state, logits, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk,
+    state, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk,
 ):  # fmt: skip  # pragma: no cover - compiled
     batch = logits.shape[0]
     chunk = out.shape[1]
@@ -362,24 +362,28 @@ def _decode_chunk(
     steps = 0
     for t in range(chunk):
         n = 0
-        sampled = 0
         for r in range(batch):
-            if t < remaining[r] and t < chunk:
-                i = _sample_row(logits[r], temperature[r], top_k[r], top_p[r], min_p[r], uniforms[r, t], unk, x, ranked)
-                out[r, t] = i
+            p = t - n_forced[r]  # position among the row's sampled characters
+            if p < 0:  # a prefix character still to read: fed, nothing sampled
+                ids[r] = forced[r, t]
+                rows[n] = r
+                n += 1
+            elif p < remaining[r]:
+                i = _sample_row(logits[r], temperature[r], top_k[r], top_p[r], min_p[r], uniforms[r, p], unk, x, ranked)
+                out[r, p] = i
                 ids[r] = i
-                sampled += 1
-                if t + 1 < remaining[r]:  # it goes on: feed the character
+                if p + 1 < remaining[r]:  # it goes on: feed the character
                     rows[n] = r
                     n += 1
-        if sampled == 0:
+                else:
+                    steps = t + 1
+        if n == 0:
             break
         steps = t + 1
-        if n:
-            _step_rows(
-                cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
-                ids, rows, n, state, logits, acc, acc2, xin, hin, False,
-            )  # fmt: skip
+        _step_rows(
+            cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
+            ids, rows, n, state, logits, acc, acc2, xin, hin, False,
+        )  # fmt: skip
     return steps
 
 
@@ -433,6 +437,8 @@ def decode_chunk(
     fw: FastWeights,
     state: np.ndarray,
     logits: np.ndarray,
+    forced: np.ndarray,
+    n_forced: np.ndarray,
     temperature: np.ndarray,
     top_k: np.ndarray,
     top_p: np.ndarray,
@@ -442,11 +448,27 @@ def decode_chunk(
     out: np.ndarray,
     unk: int,
 ) -> int:
-    """Up to out.shape[1] steps for every row (row r: remaining[r] at most): samples row r's t-th
-    character with uniforms[r, t] into out[r, t] and feeds it unless the row is done. state (R, B, H)
-    and logits (B, V) are updated in place (a finished row's are left stale). Returns the steps taken."""
+    """Up to out.shape[1] steps for every row. Row r first reads its n_forced[r] prefix ids
+    forced[r, :n_forced[r]] (one per step, nothing sampled), then samples its p-th character with
+    uniforms[r, p] into out[r, p], at most remaining[r] of them, and feeds each one unless the row
+    is done. state (R, B, H) and logits (B, V) are updated in place (a finished row's are left
+    stale). Returns the steps taken."""
     return int(
-        _decode_chunk(*fw.args(), state, logits, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk)
+        _decode_chunk(
+            *fw.args(),
+            state,
+            logits,
+            forced,
+            n_forced,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            uniforms,
+            remaining,
+            out,
+            unk,
+        )  # fmt: skip
     )
 
 
@@ -459,6 +481,6 @@ def warm(model: CharRNN, dtype: torch.dtype) -> None:
     cfg = model.config
     state = np.zeros((cfg.state_rows, 1, cfg.hidden_size), np.float32)
     logits = np.zeros((1, cfg.vocab_size), np.float32)
-    one = np.ones(1)
-    decode_chunk(fw, state, logits, one, np.zeros(1, np.int64), one, np.zeros(1), np.zeros((1, 2)),
-                 np.full(1, 2, np.int64), np.zeros((1, 2), np.int64), 0)  # fmt: skip
+    one, two = np.ones(1), np.full(1, 2, np.int64)
+    decode_chunk(fw, state, logits, np.ones((1, 1), np.int64), np.ones(1, np.int64), one, two, one, np.zeros(1),
+                 np.zeros((1, 3)), two, np.zeros((1, 3), np.int64), 0)  # fmt: skip

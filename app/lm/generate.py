@@ -184,39 +184,41 @@ class DecodeBatch:
         return finished
 
     def _compiled_path_fits(self) -> bool:
-        return (
-            self._fast
-            and len(self.seqs) * self._step_flops <= FAST_MAX_STEP_FLOPS
-            and not self.params.special.any()
-            and not any(self.forced)
-        )
+        return self._fast and len(self.seqs) * self._step_flops <= FAST_MAX_STEP_FLOPS and not self.params.special.any()
 
     def _compiled_steps(self, max_steps: int) -> list[Sequence]:
-        """Up to max_steps characters for every row through fastpath.decode_chunk: the same choices
-        as the one-step path (the same numbers drawn from each row's stream), no Python per character."""
+        """Up to max_steps steps for every row through fastpath.decode_chunk (prefix characters
+        still to read first): the same choices as the one-step path (the same numbers drawn from
+        each row's stream), no Python per character."""
         assert self.state is not None and self.logits is not None
         seqs = self.seqs
+        n_forced = np.fromiter((len(f) for f in self.forced), np.int64, len(seqs))
+        forced = np.zeros((len(seqs), max(1, int(n_forced.max()))), np.int64)
+        for r, f in enumerate(self.forced):
+            forced[r, : len(f)] = f
         remaining = np.fromiter((s.params.max_new_chars - s.steps for s in seqs), np.int64, len(seqs))
-        chunk = int(min(max_steps, remaining.max(), max(1, TICK_SECONDS / self._seconds_per_step)))
-        limit = np.minimum(remaining, chunk)
+        chunk = int(min(max_steps, (n_forced + remaining).max(), max(1, TICK_SECONDS / self._seconds_per_step)))
+        limit = np.clip(np.minimum(remaining, chunk - n_forced), 0, None)  # characters each row may sample
         uniforms = np.zeros((len(seqs), chunk))
-        for r in np.flatnonzero(self.params.temperature > 0):
-            uniforms[r, : limit[r]] = seqs[r].uniforms(int(limit[r]))
+        for drawing in np.flatnonzero((self.params.temperature > 0) & (limit > 0)).tolist():
+            uniforms[drawing, : limit[drawing]] = seqs[drawing].uniforms(int(limit[drawing]))
         out = np.zeros((len(seqs), chunk), np.int64)
         p = self.params
         start = time.perf_counter()
         self.steps = fastpath.decode_chunk(
-            fastpath.fast_weights(self.model, self.dtype), self.state.numpy(), self.logits.numpy(),
+            fastpath.fast_weights(self.model, self.dtype), self.state.numpy(), self.logits.numpy(), forced, n_forced,
             p.temperature, p.top_k, p.top_p, p.min_p, uniforms, remaining, out, UNK_INDEX,
         )  # fmt: skip
         self._seconds_per_step = 0.5 * self._seconds_per_step + 0.5 * (time.perf_counter() - start) / self.steps
         chars = self.vocab.by_id
         finished = []
-        for seq, row, n in zip(seqs, out.tolist(), limit.tolist(), strict=True):
-            ids = row[:n]
-            self.sampled += seq.extend(ids, [chars[i] for i in ids])
-            if seq.finished:
-                finished.append(seq)
+        for seq, f, row, n in zip(seqs, self.forced, out.tolist(), limit.tolist(), strict=True):
+            del f[: self.steps]
+            if n:
+                ids = row[:n]
+                self.sampled += seq.extend(ids, [chars[i] for i in ids])
+                if seq.finished:
+                    finished.append(seq)
         if finished:
             self._keep([r for r, s in enumerate(self.seqs) if not s.finished])
         return finished

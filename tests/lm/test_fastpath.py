@@ -1,0 +1,178 @@
+"""The compiled decoding path against the torch reference (decode.step and the one-step sampler)."""
+
+import numpy as np
+import pytest
+import torch
+
+from app.lm import decode, fastpath
+from app.lm.generate import DecodeBatch, generate
+from app.lm.model import CharRNN, ModelConfig
+from app.lm.prefix_cache import PrefixCache
+from app.lm.sampling import SamplingParams, Sequence
+from app.lm.train import TrainConfig, build_model, train_on_text
+from app.lm.vocab import Vocab
+
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize(("layers", "encoding"), [(1, "one_hot"), (3, "embedding")])
+def test_a_compiled_step_matches_the_reference_step(cell, dtype, layers, encoding):
+    cfg = ModelConfig(vocab_size=23, cell=cell, hidden_size=40, num_layers=layers, encoding=encoding)
+    torch.manual_seed(3)
+    model = CharRNN(cfg).eval()
+    ids = torch.randint(1, 23, (5,))
+    state = torch.randn(cfg.state_rows, 5, 40) * 0.5
+    ref_logits, ref_state = decode.step(model, ids, state, dtype)
+    logits, new_state = fastpath.step(model, ids, state, dtype)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(new_state, ref_state, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_compiled_steps_stay_with_the_reference_over_many_steps(cell, dtype):
+    """60 steps carrying the state: rounding does not build up (the products in bf16 included)."""
+    cfg = ModelConfig(vocab_size=30, cell=cell, hidden_size=64, num_layers=2, encoding="embedding")
+    torch.manual_seed(0)
+    model = CharRNN(cfg).eval()
+    ids = torch.randint(1, 30, (3, 60))
+    ref = fast = model.init_state(3)
+    for t in range(ids.shape[1]):
+        ref_logits, ref = decode.step(model, ids[:, t], ref, dtype)
+        fast_logits, fast = fastpath.step(model, ids[:, t], fast, dtype)
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2  # bf16: a product may round to the next bf16
+    assert (fast_logits - ref_logits).abs().max() < tolerance
+    assert (fast - ref).abs().max() < tolerance
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_a_row_gets_exactly_the_same_numbers_alone_or_batched(dtype):
+    cfg = ModelConfig(vocab_size=30, cell="lstm", hidden_size=72, num_layers=2, encoding="embedding")
+    torch.manual_seed(1)
+    model = CharRNN(cfg).eval()
+    ids = torch.randint(1, 30, (9,))
+    state = torch.randn(cfg.state_rows, 9, 72) * 0.5
+    batched, batched_state = fastpath.step(model, ids, state, dtype)
+    for row in (0, 4, 8):
+        alone, alone_state = fastpath.step(model, ids[row : row + 1], state[:, row : row + 1], dtype)
+        assert torch.equal(alone[0], batched[row])
+        assert torch.equal(alone_state[:, 0], batched_state[:, row])
+
+
+def test_bf16_weights_are_read_as_two_bytes():
+    cfg = ModelConfig(vocab_size=30, cell="lstm", hidden_size=64, num_layers=2, encoding="embedding")
+    model = CharRNN(cfg).eval()
+    assert fastpath.fast_weights(model, torch.bfloat16).wh.dtype == np.uint16
+    assert fastpath.fast_weights(model, torch.float32).wh.dtype == np.float32
+
+
+def test_the_compiled_weights_follow_parameter_updates():
+    cfg = ModelConfig(vocab_size=10, cell="gru", hidden_size=16, num_layers=2, encoding="embedding")
+    model = CharRNN(cfg).eval()
+    ids, state = torch.tensor([3]), model.init_state(1)
+    before, _ = fastpath.step(model, ids, state)
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)
+    after, _ = fastpath.step(model, ids, state)
+    torch.testing.assert_close(after, before + 1.0)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    text = "the quick brown fox jumps over the lazy dog. " * 40
+    config = TrainConfig(max_steps=60, seed=0, max_seconds=60)
+    return train_on_text(corpus=text, config=config, cell="lstm", hidden_size=48, num_layers=2, encoding="embedding")
+
+
+CASES = {
+    "greedy": SamplingParams(max_new_chars=300),
+    "t1.0": SamplingParams(max_new_chars=300, temperature=1.0),
+    "t0.8_topk5": SamplingParams(max_new_chars=300, temperature=0.8, top_k=5),
+    "t1.2_topp0.9_minp": SamplingParams(max_new_chars=300, temperature=1.2, top_p=0.9, min_p=0.05),
+    "stops": SamplingParams(max_new_chars=300, temperature=1.0, stop=("og", "ump", "zz")),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_compiled_path_chooses_what_the_reference_path_chooses(trained, case, dtype):
+    params = CASES[case]
+    for seed in (1, 2):
+        ref = generate(trained.model, trained.vocab, "the ", params, n=2, seed=seed, dtype=dtype, compiled=False)
+        fast = generate(trained.model, trained.vocab, "the ", params, n=2, seed=seed, dtype=dtype)
+        assert [(s.text, s.finish_reason, s.steps) for s in fast] == [(s.text, s.finish_reason, s.steps) for s in ref]
+    if case == "stops":
+        assert any(s.finish_reason == "stop" for s in fast)
+
+
+def test_a_compiled_batch_takes_many_steps_per_call_and_one_when_asked(trained):
+    batch = DecodeBatch(trained.model, trained.vocab)
+    seqs = [Sequence(SamplingParams(max_new_chars=200, temperature=0.9), seed=5, index=i) for i in range(3)]
+    batch.add("a", seqs)
+    batch.step()  # feeds the prefix's character
+    batch.step(max_steps=1)
+    assert batch.steps == 1 and batch.sampled == 3
+    batch.step(max_steps=50)
+    assert batch.steps == 50 and batch.sampled == 150
+    assert all(s.steps == 51 for s in seqs)
+
+
+def test_rows_that_need_python_per_character_take_the_reference_path(trained):
+    batch = DecodeBatch(trained.model, trained.vocab)
+    batch.add("a", [Sequence(SamplingParams(max_new_chars=50, logprobs=2), seed=1)])
+    batch.step()
+    batch.step(max_steps=20)
+    assert batch.steps == 1
+
+
+def test_the_prefix_cache_keeps_its_state_while_the_compiled_path_updates_the_batch(trained):
+    cache = PrefixCache(1_000_000)
+    prefix = "the lazy dog jumps over the quick brown fox " * 3
+    batch = DecodeBatch(trained.model, trained.vocab, prefix_cache=cache)
+    batch.add(prefix, [Sequence(SamplingParams(max_new_chars=100), seed=1)], namespace="t")
+    while batch.busy:
+        batch.step(max_steps=1000)
+    kept = cache.longest(("t", torch.float32), prefix[:-1])
+    assert kept is not None
+    snapshot = kept.state.clone()
+    again = DecodeBatch(trained.model, trained.vocab, prefix_cache=cache)
+    seq = Sequence(SamplingParams(max_new_chars=100), seed=1)
+    again.add(prefix, [seq], namespace="t")
+    while again.busy:
+        again.step(max_steps=1000)
+    assert torch.equal(cache.longest(("t", torch.float32), prefix[:-1]).state, snapshot)
+    alone = generate(trained.model, trained.vocab, prefix, SamplingParams(max_new_chars=100), compiled=False)
+    assert seq.text == alone[0].text
+
+
+@pytest.mark.parametrize("stops", [("ab",), ("b", "ab"), ("ab", "b"), ("xyz", "zq"), ("aaa",), ("q",)])
+def test_taking_characters_at_once_ends_where_one_at_a_time_does(stops):
+    rng = np.random.default_rng(0)
+    vocab = Vocab.from_text("abqxyz")
+    for trial in range(200):
+        ids = rng.integers(1, vocab.size, 40).tolist()
+        params = SamplingParams(max_new_chars=int(rng.integers(1, 45)), stop=stops)
+        one, many = Sequence(params, 0), Sequence(params, 0)
+        for i in ids:
+            if one.finished:
+                break
+            one.append(i, vocab.id_to_char(i))
+        at = 0
+        while not many.finished:
+            size = int(rng.integers(1, 8))
+            part = ids[at : at + size]
+            if not part:
+                break
+            part = part[: params.max_new_chars - many.steps]  # as the compiled path: never past the limit
+            many.extend(part, [vocab.id_to_char(i) for i in part])
+            at += size
+        assert (many.text, many.finish_reason, many.steps) == (one.text, one.finish_reason, one.steps), trial
+
+
+def test_a_model_off_the_cpu_is_not_taken_by_the_compiled_path():
+    model = build_model(ModelConfig(vocab_size=5), seed=0)
+    assert fastpath.supports(model, torch.float32)
+    assert not fastpath.supports(model, torch.float16)
+    assert not fastpath.supports(model.to("meta"), torch.float32)  # as on cuda or mps: torch's path
