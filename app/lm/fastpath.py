@@ -25,22 +25,60 @@ bias) take the one-step path instead (generate.DecodeBatch decides).
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numba
-import numpy as np
-import torch
-from llvmlite import ir  # type: ignore[import-untyped]
-from numba import types
-from numba.extending import intrinsic as _intrinsic
 
-from app.lm import decode
-from app.lm.model import CharRNN
+def _cache_dir_ready() -> bool:
+    """Numba keeps compiled code on disk so that a process loads it instead of compiling (about
+    10 s per dtype): in NUMBA_CACHE_DIR where that is set and writable, else beside this file
+    where that is writable, else in the temporary directory (a read-only image or root
+    filesystem), else nowhere (every process compiles). Numba refuses a cache it cannot write."""
+
+    def writable(path: Path) -> bool:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return False
+        return os.access(path, os.W_OK)
+
+    chosen = os.environ.get("NUMBA_CACHE_DIR")
+    if chosen and writable(Path(chosen)):
+        return True
+    os.environ.pop("NUMBA_CACHE_DIR", None)
+    beside = Path(__file__).parent / "__pycache__"
+    if os.access(beside if beside.exists() else beside.parent, os.W_OK):
+        return True
+    elsewhere = Path(tempfile.gettempdir()) / "charrnn-numba-cache"
+    if not writable(elsewhere):
+        return False
+    os.environ["NUMBA_CACHE_DIR"] = str(elsewhere)  # read when numba is imported, just below
+    return True
+
+
+CACHE = _cache_dir_ready()
+
+import numba  # noqa: E402  (after NUMBA_CACHE_DIR is settled)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from llvmlite import ir  # type: ignore[import-untyped]  # noqa: E402
+from numba import types  # noqa: E402
+from numba.extending import intrinsic as _intrinsic  # noqa: E402
+
+from app.lm import decode  # noqa: E402
+from app.lm.model import CharRNN  # noqa: E402
 
 # numba's decorators, untyped for mypy: compiled functions take the arguments their Python source names
-njit: Any = numba.njit
+_njit: Any = numba.njit
 intrinsic: Any = _intrinsic
+
+
+def _compiled(fn):
+    return _njit(cache=CACHE, nogil=True)(fn)
+
 
 CELL_CODES = {"rnn": 0, "lstm": 1, "gru": 2}
 _EMPTY_F32 = np.zeros((1, 1, 1), np.float32)
@@ -134,7 +172,7 @@ def fast_weights(model: CharRNN, dtype: torch.dtype) -> FastWeights:
 # ---- compiled code ------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def _round_bf16(x, n):  # pragma: no cover - compiled
     """Rounds x[:n] (float32) to the nearest bfloat16, ties to even, in place."""
     u = x.view(np.uint32)
@@ -158,7 +196,7 @@ def _widen(typingctx, v):  # pragma: no cover - compiled
     return None
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def _product(acc, x, rows, n, w, m):  # pragma: no cover - compiled
     """acc[r] += x[r] @ w[m] for the n rows listed in `rows` (w: float32, or bfloat16 as uint16).
 
@@ -191,7 +229,7 @@ def _product(acc, x, rows, n, w, m):  # pragma: no cover - compiled
                 a[j] = a[j] + xv * _widen(wk[j])
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def _fc(logits, x, rows, n, fc, fc_bias):  # pragma: no cover - compiled
     """logits[r] = fc_bias + x[r] @ fc[0] for the listed rows (always float32)."""
     for q in range(n):
@@ -203,12 +241,12 @@ def _fc(logits, x, rows, n, fc, fc_bias):  # pragma: no cover - compiled
             out[j] = out[j] + fc_bias[j]
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def _sigmoid(x):  # pragma: no cover - compiled
     return 1.0 / (1.0 + math.exp(-x))
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def _step_rows(
     cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
     ids, rows, n, state, logits, acc, acc2, xin, hin, products_only,
@@ -290,7 +328,7 @@ def _step_rows(
     _fc(logits, hin, rows, n, fc, fc_bias)
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def _sample_row(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked):  # pragma: no cover - compiled
     """sampling._draw (or the argmax) for one row, in float64: the same choice for the same number."""
     v = logits.shape[0]
@@ -341,7 +379,7 @@ def _sample_row(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked):  #
     return 0
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def _decode_chunk(
     cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
     state, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk,
@@ -387,7 +425,7 @@ def _decode_chunk(
     return steps
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def _step_only(
     cell, bf16, table, wh, wx, bx, bh, fc, fc_bias, ids, state, logits, products_only, repeats
 ):  # pragma: no cover - compiled

@@ -25,7 +25,7 @@ pytestmark = [
 
 HOSTS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
 BLACKHOLE = "127.0.0.4"
-MAX_NEW_CHARS = 100_000  # a stream long enough to still be running when its first events arrive
+MAX_NEW_CHARS = 1_000_000  # a stream long enough to still be running when its first events arrive (~1 s)
 ENV = {
     "CHARRNN_TORCH_THREADS": "1",
     "CHARRNN_DECODE_WORKERS": "1",

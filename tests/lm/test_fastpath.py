@@ -1,5 +1,8 @@
 """The compiled decoding path against the torch reference (decode.step and the one-step sampler)."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -176,3 +179,34 @@ def test_a_model_off_the_cpu_is_not_taken_by_the_compiled_path():
     assert fastpath.supports(model, torch.float32)
     assert not fastpath.supports(model, torch.float16)
     assert not fastpath.supports(model.to("meta"), torch.float32)  # as on cuda or mps: torch's path
+
+
+def test_compiled_code_is_kept_where_it_can_be_written(tmp_path):
+    """A read-only package directory or NUMBA_CACHE_DIR falls back to the temporary directory;
+    nothing writable at all turns numba's disk cache off instead of failing at import."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import os, sys
+        blocked = sys.argv[1].split(",")
+        real = os.access
+        os.access = lambda p, mode, **kw: not any(str(p).startswith(b) for b in blocked) and real(p, mode, **kw)
+        from app.lm import fastpath
+        print(fastpath.CACHE, os.environ.get("NUMBA_CACHE_DIR"))
+        """
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path), "NUMBA_CACHE_DIR": str(tmp_path / "unwritable")}
+    package = str(Path(fastpath.__file__).parent)
+
+    def run(blocked: list[str]) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", script, ",".join(blocked)], env=env, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+
+    assert run([str(tmp_path / "unwritable"), package]) == f"True {tmp_path / 'charrnn-numba-cache'}"
+    assert run([str(tmp_path)]) == "True None"  # beside the package
+    assert run([str(tmp_path), package]) == "False None"
