@@ -76,8 +76,15 @@ _njit: Any = numba.njit
 intrinsic: Any = _intrinsic
 
 
+# error_model="numpy": a float division by zero gives inf instead of raising, so loops with a
+# division (the sigmoids) have no exception branch and run in vector registers
 def _compiled(fn):
-    return _njit(cache=CACHE, nogil=True)(fn)
+    return _njit(cache=CACHE, nogil=True, error_model="numpy")(fn)
+
+
+def _inlined(fn):
+    """A small helper, inlined where it is called (so that loops around it stay vectorisable)."""
+    return _njit(cache=CACHE, nogil=True, error_model="numpy", inline="always")(fn)
 
 
 CELL_CODES = {"rnn": 0, "lstm": 1, "gru": 2}
@@ -241,9 +248,44 @@ def _fc(logits, x, rows, n, fc, fc_bias):  # pragma: no cover - compiled
             out[j] = out[j] + fc_bias[j]
 
 
-@_compiled
+@intrinsic
+def _float_bits(typingctx, v):  # pragma: no cover - compiled
+    """The float32 whose bits are the low 32 bits of the integer v."""
+    if not isinstance(v, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        bits = args[0] if args[0].type.width == 32 else builder.trunc(args[0], ir.IntType(32))
+        return builder.bitcast(bits, ir.FloatType())
+
+    return types.float32(v), codegen
+
+
+@_inlined
+def _exp(x):  # pragma: no cover - compiled
+    """exp(x) in float32 (Cephes' expf: within 2 ulp), in plain arithmetic so that a loop of them
+    runs in vector registers (a call to libm's exp would not)."""
+    x = min(max(x, np.float32(-87.0)), np.float32(88.0))
+    n = np.floor(x * np.float32(1.44269504) + np.float32(0.5))  # float32 throughout
+    r = x - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * _float_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+
+
+@_inlined
 def _sigmoid(x):  # pragma: no cover - compiled
-    return 1.0 / (1.0 + math.exp(-x))
+    return np.float32(1.0) / (np.float32(1.0) + _exp(-x))
+
+
+@_inlined
+def _tanh(x):  # pragma: no cover - compiled
+    return np.float32(2.0) * _sigmoid(x + x) - np.float32(1.0)
 
 
 @_compiled
@@ -303,7 +345,7 @@ def _step_rows(
             h = state[layer, r]
             if cell == 0:
                 for j in range(hidden):
-                    h[j] = math.tanh(a[j])
+                    h[j] = _tanh(a[j])
             elif cell == 1:
                 c = state[layers + layer, r]
                 for j in range(hidden):
@@ -311,15 +353,15 @@ def _step_rows(
                     f = _sigmoid(a[hidden + j])
                     g = _sigmoid(a[2 * hidden + j])  # doubled rows: tanh(x) = 2 sigmoid(2x) - 1
                     o = _sigmoid(a[3 * hidden + j])
-                    cj = (f * c[j] - i) + 2.0 * (i * g)
+                    cj = (f * c[j] - i) + np.float32(2.0) * (i * g)
                     c[j] = cj
-                    h[j] = 2.0 * (o * _sigmoid(cj + cj)) - o
+                    h[j] = np.float32(2.0) * (o * _sigmoid(cj + cj)) - o
             else:
                 hp = acc2[r]
                 for j in range(hidden):
                     rg = _sigmoid(a[j] + hp[j])
                     z = _sigmoid(a[hidden + j] + hp[hidden + j])
-                    nn = math.tanh(a[2 * hidden + j] + rg * hp[2 * hidden + j])
+                    nn = _tanh(a[2 * hidden + j] + rg * hp[2 * hidden + j])
                     h[j] = nn + z * (h[j] - nn)
     for q in range(n):
         r = rows[q]
