@@ -171,3 +171,35 @@ def test_a_request_that_fails_to_join_is_answered_not_stranded(loaded, monkeypat
         assert isinstance(asyncio.run(one()), Failed)
     finally:
         engine.stop()
+
+
+def test_a_request_joins_promptly_while_a_long_one_runs_many_steps_per_call(loaded):
+    """The compiled path takes many steps per call only while nobody waits: a short request sent
+    during a long completion starts at the next call and finishes long before it."""
+    engine = Engine(max_batch_size=16, max_queued=10, workers=1)
+    engine.start()
+
+    async def both():
+        loop = asyncio.get_running_loop()
+        long_ = GenerationRequest(
+            ["ab"], SamplingParams(max_new_chars=1_000_000, temperature=1.0), 1, 1, loaded, loop=loop
+        )
+        engine.submit(long_)
+        await asyncio.sleep(0.05)  # running: many steps per call
+        short = GenerationRequest(["ab"], SamplingParams(max_new_chars=5), 1, 2, loaded, loop=loop)
+        engine.submit(short)
+        assert isinstance(await asyncio.wait_for(short.queue.get(), 30), Done)
+        running = long_.seqs[0].steps
+        assert isinstance(await asyncio.wait_for(long_.queue.get(), 60), Done)
+        return running, long_, short
+
+    try:
+        running, long_, short = asyncio.run(both())
+    finally:
+        engine.stop()
+    assert running < 500_000  # the short one did not wait for the long one
+    assert (
+        short.seqs[0].text
+        == generate(loaded.model, loaded.vocab, "ab", SamplingParams(max_new_chars=5), seed=2)[0].text
+    )
+    assert long_.seqs[0].steps == 1_000_000
