@@ -69,7 +69,7 @@ from numba import types  # noqa: E402
 from numba.extending import intrinsic as _intrinsic  # noqa: E402
 
 from app.lm import decode  # noqa: E402
-from app.lm.model import CharRNN  # noqa: E402
+from app.lm.model import CharRNN, ModelConfig  # noqa: E402
 
 # numba's decorators, untyped for mypy: compiled functions take the arguments their Python source names
 _njit: Any = numba.njit
@@ -564,3 +564,11 @@ def warm(model: CharRNN, dtype: torch.dtype) -> None:
     one, two = np.ones(1), np.full(1, 2, np.int64)
     decode_chunk(fw, state, logits, np.ones((1, 1), np.int64), np.ones(1, np.int64), one, two, one, np.zeros(1),
                  np.zeros((1, 3)), two, np.zeros((1, 3), np.int64), 0)  # fmt: skip
+
+
+def precompile() -> None:
+    """Compiles the decoding code for both dtypes into numba's disk cache (an image build runs
+    this, so that a container on the same kind of CPU loads it instead of compiling)."""
+    model = CharRNN(ModelConfig(vocab_size=4, cell="lstm", hidden_size=8)).eval()
+    for dtype in (torch.float32, torch.bfloat16):
+        warm(model, dtype)
