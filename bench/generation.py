@@ -228,14 +228,19 @@ def at_the_limit(model: CharRNN, vocab: Vocab, prefix: str, dtypes, new_chars: i
 def http_default_model(new_chars: int, repeats: int) -> float:
     with tempfile.TemporaryDirectory() as store, Server(store) as server, httpx.Client(timeout=120) as client:
         body = {"prefix": "good", "max_new_chars": new_chars}
-        client.post(server.url + "/complete", json=body)  # warm-up
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            r = client.post(server.url + "/complete", json=body)
-            times.append(time.perf_counter() - t)
-            assert r.status_code == 200 and r.json()["usage"]["completion_chars"] == new_chars
-    return new_chars / statistics.median(times)
+        return new_chars / completion_seconds(client, server.url, body, repeats)
+
+
+def completion_seconds(client: httpx.Client, url: str, body: dict, repeats: int) -> float:
+    """Median seconds of a POST /complete (after one uncounted warm-up); each must give every character."""
+    client.post(url + "/complete", json=body)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        r = client.post(url + "/complete", json=body)
+        times.append(time.perf_counter() - t)
+        assert r.status_code == 200 and r.json()["usage"]["completion_chars"] == body["max_new_chars"]
+    return statistics.median(times)
 
 
 def http_lstm(model: CharRNN, vocab: Vocab, prefix: str, new_chars: int, repeats: int) -> dict:
@@ -248,17 +253,11 @@ def http_lstm(model: CharRNN, vocab: Vocab, prefix: str, new_chars: int, repeats
         with Server(store) as server:
             dtype = client.get(server.url + "/health").json()["decode_dtype"]
             body = {"prefix": prefix, "max_new_chars": new_chars, "temperature": 0.8, "seed": 1}
-            client.post(server.url + "/complete", json=body)  # warm-up
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                r = client.post(server.url + "/complete", json=body)
-                times.append(time.perf_counter() - t)
-                assert r.status_code == 200 and r.json()["usage"]["completion_chars"] == new_chars
+            seconds = completion_seconds(client, server.url, body, repeats)
     params = SamplingParams(max_new_chars=new_chars, temperature=0.8)
     torch_dtype = getattr(torch, dtype)
     local = chars_per_s(lambda: generate(model, vocab, prefix, params, seed=1, dtype=torch_dtype), new_chars, repeats)
-    http = new_chars / statistics.median(times)
+    http = new_chars / seconds
     return {
         "new_chars": new_chars,
         "decode_dtype": dtype,

@@ -422,6 +422,14 @@ def _sample_row(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked):  #
 
 
 @_compiled
+def _buffers(batch, gates, hidden):  # pragma: no cover - compiled
+    """_step_rows's scratch: the gate sums (two, for a GRU's parts) and the layer's inputs, per row."""
+    acc = np.empty((batch, gates), np.float32)
+    acc2 = np.empty((batch, gates), np.float32)
+    return acc, acc2, np.empty((batch, hidden), np.float32), np.empty((batch, hidden), np.float32)
+
+
+@_compiled
 def _decode_chunk(
     cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
     state, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk,
@@ -429,12 +437,7 @@ def _decode_chunk(
     batch = logits.shape[0]
     chunk = out.shape[1]
     vocab = logits.shape[1]
-    hidden = state.shape[2]
-    gh = table.shape[1]
-    acc = np.empty((batch, gh), np.float32)
-    acc2 = np.empty((batch, gh), np.float32)
-    xin = np.empty((batch, hidden), np.float32)
-    hin = np.empty((batch, hidden), np.float32)
+    acc, acc2, xin, hin = _buffers(batch, table.shape[1], state.shape[2])
     x = np.empty(vocab, np.float64)
     ranked = np.empty(vocab, np.float64)
     ids = np.zeros(batch, np.int64)
@@ -472,12 +475,7 @@ def _step_only(
     cell, bf16, table, wh, wx, bx, bh, fc, fc_bias, ids, state, logits, products_only, repeats
 ):  # pragma: no cover - compiled
     batch = logits.shape[0]
-    hidden = state.shape[2]
-    gh = table.shape[1]
-    acc = np.empty((batch, gh), np.float32)
-    acc2 = np.empty((batch, gh), np.float32)
-    xin = np.empty((batch, hidden), np.float32)
-    hin = np.empty((batch, hidden), np.float32)
+    acc, acc2, xin, hin = _buffers(batch, table.shape[1], state.shape[2])
     rows = np.arange(batch)
     for _ in range(repeats):
         _step_rows(
