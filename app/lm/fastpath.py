@@ -11,11 +11,12 @@ The maths is decode.step's (app/lm/decode.py builds the weights for both and sta
 reference the tests compare this with): layer 0's input projection is a table lookup, the
 LSTM's cell-input rows come doubled, and bfloat16 means the products' inputs and results are
 rounded to bfloat16 with float32 sums. Here the bfloat16 matrices are kept as 2 bytes per
-weight and widened one matrix row at a time, so a step reads half the bytes of float32.
+weight and widened in registers, so a step reads half the bytes of float32. The cells' sigmoid
+and tanh come from a float32 exp in plain arithmetic (within 2 ulp), so their loops vectorise.
 
 Each row's arithmetic is the same whatever else is in the call: a batch is looped over inside
-each matrix row (so each weight row is read once per step for all rows), and each row sums
-its products in the same order alone or batched.
+each block of eight weight rows (so each weight is read once per step for all rows), and each
+row sums its products in the same order alone or batched.
 
 Sampling follows sampling._draw exactly, in float64, with the same random number per sampled
 character. Rows that need per-character Python (regex, log-probabilities, penalties, logit
@@ -27,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -499,8 +501,6 @@ def step(model: CharRNN, ids: torch.Tensor, state: torch.Tensor, dtype: torch.dt
 
 def time_steps(model: CharRNN, dtype: torch.dtype, batch: int, repeats: int, products_only: bool) -> float:
     """Seconds per step of `batch` rows: the whole step, or its matrix products alone (for the benches)."""
-    import time
-
     fw = fast_weights(model, dtype)
     state = np.zeros((model.config.state_rows, batch, model.config.hidden_size), np.float32)
     logits = np.empty((batch, model.config.vocab_size), np.float32)
