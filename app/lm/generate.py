@@ -26,7 +26,9 @@ from app.lm.vocab import UNK_INDEX, Vocab
 FEED_IN_BATCH = 32  # prefixes up to this long are fed through the shared batched steps
 PREFILL_CHUNK = 512  # longer prefixes are read this many characters per engine step
 # the compiled path (app/lm/fastpath.py) decodes a batch while its step costs at most this many
-# flops: it beats torch's per-op overhead up to about 8 rows of a 2x256 LSTM (bench/generation.py)
+# flops: 6 rows of a 2x256 LSTM (2.1 MFLOP a character), any batch of the default model. Measured
+# on the 2-core Xeon, a compiled step beats torch's up to 10-16 rows of that LSTM (bf16-fp32);
+# bigger batches are torch's, whose batched products (AMX for bf16) win there
 FAST_MAX_STEP_FLOPS = 8 * 1_700_000
 TICK_SECONDS = 0.004  # one call of the compiled path runs about this long (then others may join)
 
