@@ -153,3 +153,22 @@ def test_the_pages_own_files_are_served_under_ui(client, name):
     r = client.get(f"/ui/{name}")
     assert r.status_code == 200
     assert r.content == (WEB_DIR / name).read_bytes()
+
+
+def test_the_advanced_training_fields_hint_the_recommended_settings_of_a_corpus():
+    """Each advanced field's placeholder is the value /train chooses for a corpus like the bench's
+    (app/lm/default.py), so that the page does not drift from the settings chooser."""
+    from app.lm import default
+
+    script = (WEB_DIR / "app.js").read_text()
+    fields = dict(
+        re.findall(r"^\s+(\w+): \"(t-[\w-]+)\",$", script.split("const ADVANCED = {", 1)[1].split("};")[0], re.M)
+    )
+    model, train = default.corpus_settings(1_000_000)
+    chosen = model | train.to_json()
+    html = (WEB_DIR / "index.html").read_text()
+    assert len(fields) >= 10
+    for name, element in fields.items():
+        placeholder = re.search(rf'id="{element}"[^>]*placeholder="([^"]*)"', html)
+        assert placeholder is not None, element
+        assert float(placeholder.group(1)) == float(chosen[name]), (name, placeholder.group(1), chosen[name])
