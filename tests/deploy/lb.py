@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -25,7 +26,30 @@ HAPROXY = shutil.which("haproxy") or next(
 NAME = "charrnn.test"  # the replicas' DNS name, as compose's service name "charrnn"
 
 
-class DnsStub:
+class SocketThread:
+    """A socket served by a daemon thread (`_serve`, which returns once `_stop` is set) for the
+    duration of a with-block; the socket is closed after."""
+
+    sock: socket.socket
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+    def _serve(self) -> None:
+        raise NotImplementedError
+
+
+class DnsStub(SocketThread):
     """Answers A queries for NAME with the addresses in self.addresses (Docker's DNS does the same
     for a compose service: one A record per replica); NXDOMAIN for any other name."""
 
@@ -35,17 +59,7 @@ class DnsStub:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
         self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> DnsStub:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
+        super().__init__()
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -186,7 +200,7 @@ class Balancer:
         return {addr for addr, row in self.servers().items() if row["status"] == "UP"}
 
 
-class Blackhole:
+class Blackhole(SocketThread):
     """A replica that passes the health check (GET /ready -> 200) but reads every other request whole
     and closes the connection without a byte of answer, as a replica killed mid-request does.
     self.received lists the (method, path) of those requests, one entry per attempt."""
@@ -195,17 +209,7 @@ class Blackhole:
         self.received: list[tuple[str, str]] = []
         self.sock = socket.create_server((host, port))
         self.sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> Blackhole:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
+        super().__init__()
 
     def _serve(self) -> None:
         while not self._stop.is_set():
