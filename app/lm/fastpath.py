@@ -304,7 +304,9 @@ def _step_rows(
             r = rows[q]
             for j in range(gh):
                 acc[r, j] = 0.0
-                acc2[r, j] = 0.0
+            if cell == 2:  # only a GRU keeps its recurrent part apart
+                for j in range(gh):
+                    acc2[r, j] = 0.0
             for j in range(hidden):
                 hin[r, j] = state[layer, r, j]
                 if layer > 0:
@@ -328,7 +330,8 @@ def _step_rows(
             a = acc[r]
             if bf16:
                 _round_bf16(a, gh)
-                _round_bf16(acc2[r], gh)
+                if cell == 2:
+                    _round_bf16(acc2[r], gh)
             if layer == 0:  # the input projection (biases included) is a table row
                 t = table[ids[r]]
                 if cell == 2:
