@@ -30,7 +30,9 @@ PREFILL_CHUNK = 512  # longer prefixes are read this many characters per engine 
 # on the 2-core Xeon, a compiled step beats torch's up to 10-16 rows of that LSTM (bf16-fp32);
 # bigger batches are torch's, whose batched products (AMX for bf16) win there
 FAST_MAX_STEP_FLOPS = 8 * 1_700_000
-TICK_SECONDS = 0.004  # one call of the compiled path runs about this long (then others may join)
+GUESSED_FLOPS_PER_SECOND = 2e10  # a first guess of one core's speed in a step (then measured)
+LEARN_FROM_STEPS = 8  # calls of fewer steps do not teach the time of a step
+TICK_SECONDS = 0.010  # one call of the compiled path runs about this long (a request arriving meanwhile joins after it)
 
 
 @dataclass
@@ -75,7 +77,8 @@ class DecodeBatch:
         self.steps = 0  # decoding steps the last step() took
         self._fast = compiled and fastpath.supports(model, dtype)  # the compiled path (else decode.step)
         self._step_flops = model.config.flops_per_char()
-        self._seconds_per_step = 1e-6  # of the compiled path, learnt as it runs
+        # of the compiled path: a first guess from the row's flops, then learnt as it runs
+        self._seconds_per_step = self._step_flops / GUESSED_FLOPS_PER_SECOND
 
     def __len__(self) -> int:
         """Rows in the batch, counting sequences whose long prefix is still being read."""
@@ -196,11 +199,11 @@ class DecodeBatch:
         seqs = self.seqs
         n_forced = np.fromiter((len(f) for f in self.forced), np.int64, len(seqs))
         forced = np.zeros((len(seqs), max(1, int(n_forced.max()))), np.int64)
-        for r, f in enumerate(self.forced):
-            forced[r, : len(f)] = f
+        for r in np.flatnonzero(n_forced).tolist():
+            forced[r, : n_forced[r]] = self.forced[r]
         remaining = np.fromiter((s.params.max_new_chars - s.steps for s in seqs), np.int64, len(seqs))
         chunk = int(min(max_steps, (n_forced + remaining).max(), max(1, TICK_SECONDS / self._seconds_per_step)))
-        limit = np.clip(np.minimum(remaining, chunk - n_forced), 0, None)  # characters each row may sample
+        limit = np.maximum(np.minimum(remaining, chunk - n_forced), 0)  # characters each row may sample
         uniforms = np.zeros((len(seqs), chunk))
         for drawing in np.flatnonzero((self.params.temperature > 0) & (limit > 0)).tolist():
             uniforms[drawing, : limit[drawing]] = seqs[drawing].uniforms(int(limit[drawing]))
@@ -211,7 +214,8 @@ class DecodeBatch:
             fastpath.fast_weights(self.model, self.dtype), self.state.numpy(), self.logits.numpy(), forced, n_forced,
             p.temperature, p.top_k, p.top_p, p.min_p, uniforms, remaining, out, UNK_INDEX,
         )  # fmt: skip
-        self._seconds_per_step = 0.5 * self._seconds_per_step + 0.5 * (time.perf_counter() - start) / self.steps
+        if self.steps >= LEARN_FROM_STEPS:  # a call's fixed cost would swamp a step or two
+            self._seconds_per_step = 0.5 * self._seconds_per_step + 0.5 * (time.perf_counter() - start) / self.steps
         chars = self.vocab.by_id
         finished = []
         for seq, f, row, n in zip(seqs, self.forced, out.tolist(), limit.tolist(), strict=True):

@@ -11,7 +11,7 @@ from app.lm import decode, fastpath
 from app.lm.generate import DecodeBatch, generate
 from app.lm.model import CharRNN, ModelConfig
 from app.lm.prefix_cache import PrefixCache
-from app.lm.sampling import SamplingParams, Sequence
+from app.lm.sampling import RowParams, SamplingParams, Sequence, _draw
 from app.lm.train import TrainConfig, build_model, train_on_text
 from app.lm.vocab import Vocab
 
@@ -108,6 +108,39 @@ def test_the_compiled_path_chooses_what_the_reference_path_chooses(trained, case
         assert [(s.text, s.finish_reason, s.steps) for s in fast] == [(s.text, s.finish_reason, s.steps) for s in ref]
     if case == "stops":
         assert any(s.finish_reason == "stop" for s in fast)
+
+
+class _Drawn:
+    """A sequence whose next uniform number is given."""
+
+    def __init__(self, u: float):
+        self.u = u
+
+    def uniform(self) -> float:
+        return self.u
+
+
+@pytest.mark.parametrize("vocab_size", [3, 79, fastpath.RANK_BY_COUNTING + 1, 300])
+def test_the_compiled_sampler_draws_what_the_python_sampler_draws(vocab_size):
+    """Both orderings of the compiled sampler (counting for small vocabularies, a sort for large
+    ones) against sampling._draw: fresh logits with ties and a masked character, every filter."""
+    rng = np.random.default_rng(vocab_size)
+    x = np.empty(vocab_size)
+    ranked = np.empty(vocab_size)
+    settings = [(1.0, 0, 1.0, 0.0), (0.8, 2, 1.0, 0.0), (1.3, 0, 0.6, 0.0), (0.7, 0, 1.0, 0.3), (1.0, 5, 0.9, 0.05)]
+    for trial in range(300):
+        logits = rng.normal(0, 3, vocab_size).astype(np.float32)
+        if trial % 3 == 0:  # ties: a few distinct values only
+            logits = np.round(logits).astype(np.float32)
+        for temperature, top_k, top_p, min_p in settings:
+            u = float(rng.random())
+            chosen = fastpath._sample_row(logits, temperature, top_k, top_p, min_p, u, 0, x, ranked)
+            masked = logits.astype(np.float64)[None]
+            masked[0, 0] = -np.inf  # the UNK index, never drawn
+            params = RowParams(
+                np.array([temperature]), np.array([top_k]), np.array([top_p]), np.array([min_p]), np.zeros(1, bool)
+            )
+            assert chosen == int(_draw(masked, [_Drawn(u)], params)[0])  # type: ignore[list-item]
 
 
 def test_a_compiled_batch_takes_many_steps_per_call_and_one_when_asked(trained):
