@@ -49,8 +49,9 @@ class Settings(BaseSettings):
     )
     compiled_decoding: bool = Field(
         True,
-        description="Decode on the CPU in compiled code (numba): many characters per call, sampling included; "
-        "false = torch one step at a time (the reference path; same choices within float rounding).",
+        description="Decode in compiled form: on the CPU, compiled code (numba) runs many characters per call, "
+        "sampling included; on a GPU, each step is a recorded CUDA graph (one launch). false = torch one step "
+        "at a time, kernel by kernel (the reference path; same choices within float rounding).",
     )
     max_new_chars: int = Field(4_096, ge=1, le=1_000_000, description="Most characters one completion may ask for.")
     max_n: int = Field(16, ge=1, le=256, description="Most completions one request may ask for.")

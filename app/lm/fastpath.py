@@ -69,7 +69,7 @@ def _full_width_vectors() -> None:
     compiles; one set by the user is left as it is. No effect on a CPU without AVX-512."""
     if "NUMBA_CPU_FEATURES" in os.environ:
         return
-    from llvmlite import binding
+    from llvmlite import binding  # type: ignore[import-untyped]
 
     try:
         features = binding.get_host_cpu_features().flatten()
@@ -85,7 +85,7 @@ _full_width_vectors()
 import numba  # noqa: E402  (after NUMBA_CACHE_DIR and NUMBA_CPU_FEATURES are settled)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from llvmlite import ir  # type: ignore[import-untyped]  # noqa: E402
+from llvmlite import ir  # noqa: E402
 from numba import types  # noqa: E402
 from numba.extending import intrinsic as _intrinsic  # noqa: E402
 
@@ -413,7 +413,7 @@ def _descending(x, v, ranked):  # pragma: no cover - compiled
         ranked[j] = -1.0  # probabilities are >= 0: -1 marks a place not yet filled
     for j in range(v):
         xj = x[j]
-        larger = 0
+        larger = np.int64(0)
         for i in range(v):
             larger += np.int64(x[i] > xj)
         ranked[larger] = xj  # equal values land on one place: the first of theirs

@@ -1,0 +1,98 @@
+"""Decoding steps on a GPU as CUDA graphs: one launch per step instead of a dozen kernels.
+
+A step of a small recurrent model is a string of short kernels (a table lookup, one product per
+layer, the cell's pointwise work, the output layer), each launched from Python; on a GPU the
+launches, not the arithmetic, set the pace. torch.cuda.CUDAGraph records the kernels of one
+decode.step once, with its inputs and outputs in fixed buffers, and replays them with one call.
+
+A graph is recorded per batch size bucket (1, 2, 4, ... up to the largest batch seen, as vLLM
+does): a batch of B rows is copied into the first B rows of its bucket's buffers, the rest of
+the bucket computing rows nobody reads (rows are independent). Graphs belong to the weights they
+were recorded with (kept beside decode_weights, dropped with them when a parameter changes).
+Where recording fails (an old driver, memory), the step runs eagerly and a warning says why once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from app.lm import decode
+from app.lm.model import CharRNN
+
+log = logging.getLogger(__name__)
+
+WARMUP_STEPS = 3  # eager runs on a side stream before recording (torch's advice: lazy inits happen there)
+
+
+def bucket(rows: int) -> int:
+    """The batch size a graph is recorded for: the next power of two."""
+    return 1 << max(0, rows - 1).bit_length()
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    ids: torch.Tensor  # (N,) the inputs' buffers
+    state: torch.Tensor  # (R, N, H)
+    logits: torch.Tensor  # (N, V) the outputs' buffers, written by every replay
+    new_state: torch.Tensor  # (R, N, H)
+
+
+@dataclass
+class _Graphs:
+    by_size: dict[int, _Graph] = field(default_factory=dict)
+    pool: Any = None  # one memory pool shared by a model's graphs
+    failed: bool = False  # recording failed once: eager from then on
+
+
+def supported(model: CharRNN) -> bool:
+    return model.fc.weight.device.type == "cuda"
+
+
+def step(
+    model: CharRNN, ids: torch.Tensor, state: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """decode.step on a CUDA model through a recorded graph: the same arguments and results
+    (fresh tensors the caller may keep)."""
+    decode.decode_weights(model, dtype)  # notices a parameter change (which drops the graphs)
+    graphs = decode.extra(model, dtype, "cuda_graphs")
+    if graphs is None:
+        graphs = decode.extra(model, dtype, "cuda_graphs", _Graphs())
+    if graphs.failed:
+        return decode.step(model, ids, state, dtype)
+    rows = ids.shape[0]
+    size = bucket(rows)
+    g = graphs.by_size.get(size)
+    if g is None:
+        try:
+            g = graphs.by_size[size] = _record(model, state, size, dtype, graphs)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:  # torch reports CUDA failures as RuntimeError
+            graphs.failed = True
+            log.warning("CUDA graphs unavailable (%s); decoding steps run kernel by kernel", e)
+            return decode.step(model, ids, state, dtype)
+    g.ids[:rows].copy_(ids)
+    g.state[:, :rows].copy_(state)
+    g.graph.replay()
+    return g.logits[:rows].clone(), g.new_state[:, :rows].clone()
+
+
+def _record(model: CharRNN, state: torch.Tensor, size: int, dtype: torch.dtype, graphs: _Graphs) -> _Graph:
+    device = state.device
+    ids = torch.zeros(size, dtype=torch.long, device=device)
+    static_state = torch.zeros(state.shape[0], size, state.shape[2], device=device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side), torch.inference_mode():
+        for _ in range(WARMUP_STEPS):
+            decode.step(model, ids, static_state, dtype)
+    torch.cuda.current_stream(device).wait_stream(side)
+    if graphs.pool is None:
+        graphs.pool = torch.cuda.graph_pool_handle()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=graphs.pool), torch.inference_mode():
+        logits, new_state = decode.step(model, ids, static_state, dtype)
+    return _Graph(graph, ids, static_state, logits, new_state)
