@@ -45,13 +45,13 @@ RUN groupadd --gid 10001 charrnn \
     && mkdir -p /data/model_store \
     && chown 10001:10001 /data/model_store
 COPY --from=builder /opt/venv /opt/venv
-# numba's compiled decoding code (app/lm/fastpath.py), made now for this build machine's kind of CPU;
+# numba's compiled decoding code (app/lm/fastpath.py, fastpath_large.py), made now for this build machine's kind of CPU;
 # on another CPU, or where this directory is read-only (then the temporary directory is used), the
 # service compiles it while loading its model, about 10 s per dtype
 ENV NUMBA_CACHE_DIR=/opt/numba-cache
 RUN mkdir -p /opt/numba-cache && chown 10001:10001 /opt/numba-cache
 USER 10001:10001
-RUN python3 -c "from app.lm import fastpath; fastpath.precompile()"
+RUN python3 -c "from app.lm import generate; generate.precompile()"
 WORKDIR /home/charrnn
 VOLUME ["/data/model_store"]
 EXPOSE 8000

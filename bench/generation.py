@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -103,7 +104,9 @@ def step_costs(
     """Microseconds per generated character with each sampler option beside plain greedy decoding,
     on one stream (the same steps, so the difference is the option's own per-step cost), and what
     each costs outside the step's matrix products (the products timed alone on the compiled path).
-    Regex, log-probabilities and penalties take torch's one-step path (Python per character)."""
+    A character's cost is the slope between requests of new_chars and twice that (marginal_seconds),
+    a request's fixed cost reported beside it. Regex, log-probabilities and penalties take torch's
+    one-step path (Python per character)."""
     automaton = compile_regex(pattern, vocab)
     cases = {
         "greedy": (SamplingParams(max_new_chars=new_chars), None),
@@ -133,13 +136,16 @@ def step_costs(
         ),
     }
     out: dict = {"pattern": pattern, "new_chars": new_chars}
+    fixed = {}
     for name, (params, constraint) in cases.items():
-        runs = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            [seq] = generate(model, vocab, prefix, params, seed=1, constraint=constraint, dtype=dtype)
-            runs.append((time.perf_counter() - t) / max(seq.steps, 1))
-        out[name + "_us_per_char"] = round(statistics.median(runs) * 1e6, 2)
+
+        def run(n: int, params=params, constraint=constraint) -> int:
+            p = dataclasses.replace(params, max_new_chars=n)
+            [seq] = generate(model, vocab, prefix, p, seed=1, constraint=constraint, dtype=dtype)
+            return seq.steps
+
+        per_step, fixed[name] = marginal_seconds(run, new_chars, repeats)
+        out[name + "_us_per_char"] = round(per_step * 1e6, 2)
     plain = out["greedy_us_per_char"]
     products = products_seconds(model, dtype, repeats) * 1e6
     out["decode_dtype"] = str(dtype).removeprefix("torch.")
@@ -147,7 +153,26 @@ def step_costs(
     per_char = {k.removesuffix("_us_per_char"): v for k, v in out.items() if k.endswith("_us_per_char")}
     out["extra_us_over_greedy"] = {k: round(v - plain, 2) for k, v in per_char.items()}
     out["outside_products_us_per_char"] = {k: round(v - products, 2) for k, v in per_char.items()}
+    out["per_request_ms"] = {k: round(v * 1e3, 2) for k, v in fixed.items()}
     return out
+
+
+def marginal_seconds(run, n: int, repeats: int) -> tuple[float, float]:
+    """The cost of one more character: run(k) generates k characters (returns the steps it took);
+    timed at n and 2n characters, the slope between them, and what a request costs besides its
+    steps (the intercept: the stream's set-up, its first call of cold code). Medians of `repeats`."""
+    slopes, fixed = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        short = run(n)
+        t_short = time.perf_counter() - t
+        t = time.perf_counter()
+        long = run(2 * n)
+        t_long = time.perf_counter() - t
+        slope = (t_long - t_short) / max(long - short, 1)
+        slopes.append(slope)
+        fixed.append(t_short - short * slope)
+    return statistics.median(slopes), statistics.median(fixed)
 
 
 def products_seconds(model: CharRNN, dtype: torch.dtype, repeats: int) -> float:
@@ -189,8 +214,9 @@ def _once(fn, n: int = 1) -> float:
 
 def at_the_limit(model: CharRNN, vocab: Vocab, prefix: str, dtypes, new_chars: int, repeats: int) -> list[dict]:
     """One stream, in-process: chars/s of the compiled path (greedy and T=0.8) beside torch's
-    one-step reference path, the time of a step split into matrix products and everything else,
-    and the fraction of the weight-reading bound reached (bound time / step time)."""
+    one-step reference path (whole requests of new_chars), the time of a step (marginal_seconds)
+    split into matrix products and everything else, and the fraction of the weight-reading bound
+    reached (bound time / step time)."""
     rows = []
     for dtype in dtypes:
         bound = one_row_bound(model, dtype, repeats)
@@ -214,8 +240,15 @@ def at_the_limit(model: CharRNN, vocab: Vocab, prefix: str, dtypes, new_chars: i
                     repeats,
                 )
                 row[f"{label}_{path}_chars_per_s"] = round(rate, 1)
-            step = 1 / row[f"{label}_compiled_chars_per_s"]
+            step, fixed = marginal_seconds(
+                lambda n, t=temperature, d=dtype: generate(
+                    model, vocab, prefix, SamplingParams(max_new_chars=n, temperature=t), seed=1, dtype=d
+                )[0].steps,
+                new_chars,
+                repeats,
+            )
             row[f"{label}_us_per_step"] = round(step * 1e6, 2)
+            row[f"{label}_per_request_ms"] = round(fixed * 1e3, 2)
             row[f"{label}_outside_products_us_per_step"] = round((step - products) * 1e6, 2)
             row[f"{label}_fraction_of_bound"] = round(bound["bound_s"] / step, 3)
             row[f"{label}_speedup_vs_reference"] = round(

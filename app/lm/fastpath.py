@@ -90,7 +90,7 @@ from numba import types  # noqa: E402
 from numba.extending import intrinsic as _intrinsic  # noqa: E402
 
 from app.lm import decode  # noqa: E402
-from app.lm.model import CharRNN, ModelConfig  # noqa: E402
+from app.lm.model import CharRNN  # noqa: E402
 
 # numba's decorators, untyped for mypy: compiled functions take the arguments their Python source names
 _njit: Any = numba.njit
@@ -309,6 +309,51 @@ def _tanh(x):  # pragma: no cover - compiled
     return np.float32(2.0) * _sigmoid(x + x) - np.float32(1.0)
 
 
+@_inlined
+def _layer_row(cell, layer, layers, table, bx, bh, char, a, hp, state, r):  # pragma: no cover - compiled
+    """One row of one layer once its products are summed (and rounded as the dtype asks): a (G*H)
+    the input and recurrent parts (a GRU's recurrent part apart, in hp). Adds the biases (layer 0:
+    the character's table row, biases included) and runs the cell into the layer's h (and an
+    LSTM's c) of row r in state (R, B, H), in place; a and hp are overwritten."""
+    hidden = state.shape[2]
+    gh = a.shape[0]
+    if layer == 0:
+        t = table[char]
+        if cell == 2:
+            for j in range(gh):
+                hp[j] += bh[0, j]
+                a[j] = t[j]
+        else:
+            for j in range(gh):
+                a[j] += t[j]
+    else:
+        for j in range(gh):
+            a[j] += bx[layer, j]
+        if cell == 2:
+            for j in range(gh):
+                hp[j] += bh[layer, j]
+    h = state[layer, r]
+    if cell == 0:
+        for j in range(hidden):
+            h[j] = _tanh(a[j])
+    elif cell == 1:
+        c = state[layers + layer, r]
+        for j in range(hidden):
+            i = _sigmoid(a[j])
+            f = _sigmoid(a[hidden + j])
+            g = _sigmoid(a[2 * hidden + j])  # doubled rows: tanh(x) = 2 sigmoid(2x) - 1
+            o = _sigmoid(a[3 * hidden + j])
+            cj = (f * c[j] - i) + np.float32(2.0) * (i * g)
+            c[j] = cj
+            h[j] = np.float32(2.0) * (o * _sigmoid(cj + cj)) - o
+    else:
+        for j in range(hidden):
+            rg = _sigmoid(a[j] + hp[j])
+            z = _sigmoid(a[hidden + j] + hp[hidden + j])
+            nn = _tanh(a[2 * hidden + j] + rg * hp[2 * hidden + j])
+            h[j] = nn + z * (h[j] - nn)
+
+
 @_compiled
 def _step_rows(
     cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
@@ -346,47 +391,11 @@ def _step_rows(
             continue
         for q in range(n):
             r = rows[q]
-            a = acc[r]
             if bf16:
-                _round_bf16(a, gh)
+                _round_bf16(acc[r], gh)
                 if cell == 2:
                     _round_bf16(acc2[r], gh)
-            if layer == 0:  # the input projection (biases included) is a table row
-                t = table[ids[r]]
-                if cell == 2:
-                    for j in range(gh):
-                        acc2[r, j] += bh[0, j]
-                        a[j] = t[j]
-                else:
-                    for j in range(gh):
-                        a[j] += t[j]
-            else:
-                for j in range(gh):
-                    a[j] += bx[layer, j]
-                if cell == 2:
-                    for j in range(gh):
-                        acc2[r, j] += bh[layer, j]
-            h = state[layer, r]
-            if cell == 0:
-                for j in range(hidden):
-                    h[j] = _tanh(a[j])
-            elif cell == 1:
-                c = state[layers + layer, r]
-                for j in range(hidden):
-                    i = _sigmoid(a[j])
-                    f = _sigmoid(a[hidden + j])
-                    g = _sigmoid(a[2 * hidden + j])  # doubled rows: tanh(x) = 2 sigmoid(2x) - 1
-                    o = _sigmoid(a[3 * hidden + j])
-                    cj = (f * c[j] - i) + np.float32(2.0) * (i * g)
-                    c[j] = cj
-                    h[j] = np.float32(2.0) * (o * _sigmoid(cj + cj)) - o
-            else:
-                hp = acc2[r]
-                for j in range(hidden):
-                    rg = _sigmoid(a[j] + hp[j])
-                    z = _sigmoid(a[hidden + j] + hp[hidden + j])
-                    nn = _tanh(a[2 * hidden + j] + rg * hp[2 * hidden + j])
-                    h[j] = nn + z * (h[j] - nn)
+            _layer_row(cell, layer, layers, table, bx, bh, ids[r], acc[r], acc2[r], state, r)
     for q in range(n):
         r = rows[q]
         for j in range(hidden):
@@ -471,6 +480,34 @@ def _sample_row(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked):  #
 
 
 @_compiled
+def _choose(
+    t, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk, ids, rows, x, ranked
+):  # pragma: no cover - compiled
+    """Step t's input of every row: its next prefix character while it has one (nothing sampled),
+    else the character it samples from its logits (out[r, p], drawn with uniforms[r, p]) if it has
+    characters left. Lists in rows[:n] the rows to step (those that go on) and returns n, or -1
+    when no row sampled or read anything."""
+    batch = logits.shape[0]
+    n = 0
+    active = False
+    for r in range(batch):
+        p = t - n_forced[r]  # position among the row's sampled characters
+        if p < 0:  # a prefix character still to read: fed, nothing sampled
+            ids[r] = forced[r, t]
+            rows[n] = r
+            n += 1
+        elif p < remaining[r]:
+            i = _sample_row(logits[r], temperature[r], top_k[r], top_p[r], min_p[r], uniforms[r, p], unk, x, ranked)
+            out[r, p] = i
+            ids[r] = i
+            active = True
+            if p + 1 < remaining[r]:  # it goes on: feed the character
+                rows[n] = r
+                n += 1
+    return n if n > 0 or active else -1
+
+
+@_compiled
 def _buffers(batch, gates, hidden):  # pragma: no cover - compiled
     """_step_rows's scratch: the gate sums (two, for a GRU's parts) and the layer's inputs, per row."""
     acc = np.empty((batch, gates), np.float32)
@@ -493,25 +530,13 @@ def _decode_chunk(
     rows = np.empty(batch, np.int64)
     steps = 0
     for t in range(chunk):
-        n = 0
-        for r in range(batch):
-            p = t - n_forced[r]  # position among the row's sampled characters
-            if p < 0:  # a prefix character still to read: fed, nothing sampled
-                ids[r] = forced[r, t]
-                rows[n] = r
-                n += 1
-            elif p < remaining[r]:
-                i = _sample_row(logits[r], temperature[r], top_k[r], top_p[r], min_p[r], uniforms[r, p], unk, x, ranked)
-                out[r, p] = i
-                ids[r] = i
-                if p + 1 < remaining[r]:  # it goes on: feed the character
-                    rows[n] = r
-                    n += 1
-                else:
-                    steps = t + 1
-        if n == 0:
+        n = _choose(t, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk,
+                    ids, rows, x, ranked)  # fmt: skip
+        if n < 0:  # nothing sampled or fed
             break
         steps = t + 1
+        if n == 0:  # the last characters were sampled; none goes on
+            break
         _step_rows(
             cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
             ids, rows, n, state, logits, acc, acc2, xin, hin, False,
@@ -609,11 +634,3 @@ def warm(model: CharRNN, dtype: torch.dtype) -> None:
     one, two = np.ones(1), np.full(1, 2, np.int64)
     decode_chunk(fw, state, logits, np.ones((1, 1), np.int64), np.ones(1, np.int64), one, two, one, np.zeros(1),
                  np.zeros((1, 3)), two, np.zeros((1, 3), np.int64), 0)  # fmt: skip
-
-
-def precompile() -> None:
-    """Compiles the decoding code for both dtypes into numba's disk cache (an image build runs
-    this, so that a container on the same kind of CPU loads it instead of compiling)."""
-    model = CharRNN(ModelConfig(vocab_size=4, cell="lstm", hidden_size=8)).eval()
-    for dtype in (torch.float32, torch.bfloat16):
-        warm(model, dtype)

@@ -16,20 +16,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.lm import cuda_graphs, decode, fastpath
+from app.lm import cuda_graphs, decode, fastpath, fastpath_large
 from app.lm.constraint import CharAutomaton
-from app.lm.model import CharRNN
+from app.lm.model import CharRNN, ModelConfig
 from app.lm.prefix_cache import PrefixCache
 from app.lm.sampling import RowParams, SamplingParams, Sequence, random_seed, sample_next
 from app.lm.vocab import UNK_INDEX, Vocab
 
 FEED_IN_BATCH = 32  # prefixes up to this long are fed through the shared batched steps
 PREFILL_CHUNK = 512  # longer prefixes are read this many characters per engine step
-# the compiled path (app/lm/fastpath.py) decodes a batch while its step costs at most this many
-# flops: 6 rows of a 2x256 LSTM (2.1 MFLOP a character), any batch of the default model. Measured
-# on the 2-core Xeon, a compiled step beats torch's up to 10-16 rows of that LSTM (bf16-fp32);
-# bigger batches are torch's, whose batched products (AMX for bf16) win there
-FAST_MAX_STEP_FLOPS = 8 * 1_700_000
+# On the CPU a batch decodes wholly in compiled code (app/lm/fastpath.py) while its step costs at
+# most this many flops; a larger one takes torch's batched products with compiled code around them
+# (app/lm/fastpath_large.py), which win there (oneDNN's blocking; AMX tiles for bf16). Measured on
+# the 2-core Xeon, 2x256 LSTM (2.1 MFLOP a character), chars/s small/large path: fp32 4 rows 1.17,
+# 6 rows 0.95; bf16 8 rows 1.12, 12 rows 0.83. Any batch of the default model stays small.
+FAST_MAX_STEP_FLOPS = {torch.float32: 5 * 2_100_000, torch.bfloat16: 9 * 2_100_000}
 GUESSED_FLOPS_PER_SECOND = 2e10  # a first guess of one core's speed in a step (then measured)
 LEARN_FROM_STEPS = 8  # calls of fewer steps do not teach the time of a step
 TICK_SECONDS = 0.010  # one call of the compiled path runs about this long (a request arriving meanwhile joins after it)
@@ -160,7 +161,7 @@ class DecodeBatch:
         if not self.seqs:
             return []
         assert self.state is not None and self.logits is not None  # set while there are rows
-        if self._compiled_path_fits():
+        if self._fast and not self.params.special.any():
             return self._compiled_steps(max_steps)
         self.steps = 1
         inputs = [f[0] if f else 0 for f in self.forced]
@@ -190,9 +191,6 @@ class DecodeBatch:
         self.logits, self.state = self._torch_step(self.model, ids, self.state, self.dtype)  # (B, V), (R, B, H)
         return finished
 
-    def _compiled_path_fits(self) -> bool:
-        return self._fast and len(self.seqs) * self._step_flops <= FAST_MAX_STEP_FLOPS and not self.params.special.any()
-
     def _compiled_steps(self, max_steps: int) -> list[Sequence]:
         """Up to max_steps steps for every row through fastpath.decode_chunk (prefix characters
         still to read first): the same choices as the one-step path (the same numbers drawn from
@@ -212,10 +210,16 @@ class DecodeBatch:
         out = np.zeros((len(seqs), chunk), np.int64)
         p = self.params
         start = time.perf_counter()
-        self.steps = fastpath.decode_chunk(
-            fastpath.fast_weights(self.model, self.dtype), self.state.numpy(), self.logits.numpy(), forced, n_forced,
-            p.temperature, p.top_k, p.top_p, p.min_p, uniforms, remaining, out, UNK_INDEX,
-        )  # fmt: skip
+        if len(seqs) * self._step_flops <= FAST_MAX_STEP_FLOPS[self.dtype]:  # all in compiled code
+            self.steps = fastpath.decode_chunk(
+                fastpath.fast_weights(self.model, self.dtype), self.state.numpy(), self.logits.numpy(), forced,
+                n_forced, p.temperature, p.top_k, p.top_p, p.min_p, uniforms, remaining, out, UNK_INDEX,
+            )  # fmt: skip
+        else:  # torch's batched products, compiled code around them
+            self.steps = fastpath_large.decode_chunk(
+                self.model, self.dtype, self.state, self.logits, forced, n_forced,
+                p.temperature, p.top_k, p.top_p, p.min_p, uniforms, remaining, out, UNK_INDEX,
+            )  # fmt: skip
         if self.steps >= LEARN_FROM_STEPS:  # a call's fixed cost would swamp a step or two
             self._seconds_per_step = 0.5 * self._seconds_per_step + 0.5 * (time.perf_counter() - start) / self.steps
         chars = self.vocab.by_id
@@ -252,6 +256,22 @@ class DecodeBatch:
         keep = [r for r, s in enumerate(self.seqs) if id(s) not in gone]
         if len(keep) != len(self.seqs):
             self._keep(keep)
+
+
+def warm(model: CharRNN, dtype: torch.dtype) -> None:
+    """Compiles (or loads from numba's disk cache) the CPU decoding paths for this dtype and builds
+    the model's weights for them, so that the first request waits for neither. No-op off the CPU."""
+    if fastpath.supports(model, dtype):
+        fastpath.warm(model, dtype)
+        fastpath_large.warm(model, dtype)
+
+
+def precompile() -> None:
+    """Compiles the decoding code for both dtypes into numba's disk cache (an image build runs
+    this, so that a container on the same kind of CPU loads it instead of compiling)."""
+    model = CharRNN(ModelConfig(vocab_size=4, cell="lstm", hidden_size=8)).eval()
+    for dtype in (torch.float32, torch.bfloat16):
+        warm(model, dtype)
 
 
 def generate(

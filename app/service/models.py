@@ -16,7 +16,7 @@ from app.config import Settings
 from app.engine import LoadedModel
 from app.errors import Conflict, InvalidInput, NotFound
 from app.lm import default as default_model
-from app.lm import fastpath
+from app.lm import generate
 from app.lm.device import decode_dtype
 from app.lm.store import Checkpoint, CorruptCheckpoint, InvalidModelName, ModelNotFound, ModelStore
 from app.lm.train import TrainingCancelled, train_on_text
@@ -64,7 +64,7 @@ class Models:
     def _loaded_model(self, checkpoint: Checkpoint) -> LoadedModel:
         dtype = decode_dtype(self.settings.decode_precision, self.device, checkpoint.model.config.hidden_size)
         if self.settings.compiled_decoding:
-            fastpath.warm(checkpoint.model, dtype)  # the first request should not wait for a compiler
+            generate.warm(checkpoint.model, dtype)  # the first request should not wait for a compiler
         return LoadedModel(checkpoint.name, checkpoint.model, checkpoint.vocab, checkpoint.meta, dtype)
 
     def swap_in(self, checkpoint: Checkpoint) -> LoadedModel:

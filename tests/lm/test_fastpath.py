@@ -1,5 +1,6 @@
 """The compiled decoding path against the torch reference (decode.step and the one-step sampler)."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.lm import decode, fastpath
+from app.lm import decode, fastpath, fastpath_large
+from app.lm import generate as generate_module
 from app.lm.generate import DecodeBatch, generate
 from app.lm.model import CharRNN, ModelConfig
 from app.lm.prefix_cache import PrefixCache
@@ -108,6 +110,63 @@ def test_the_compiled_path_chooses_what_the_reference_path_chooses(trained, case
         assert [(s.text, s.finish_reason, s.steps) for s in fast] == [(s.text, s.finish_reason, s.steps) for s in ref]
     if case == "stops":
         assert any(s.finish_reason == "stop" for s in fast)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_the_large_batch_path_steps_like_the_reference(cell, dtype):
+    """fastpath_large: torch's products, compiled cells and sampler; greedy over several steps."""
+    cfg = ModelConfig(vocab_size=30, cell=cell, hidden_size=64, num_layers=3, encoding="embedding")
+    model = build_model(cfg, seed=0).eval()
+    rows, n = 9, 6
+    gen = torch.Generator().manual_seed(0)
+    state = torch.randn(cfg.state_rows, rows, 64, generator=gen) * 0.5
+    ids = torch.randint(1, 30, (rows,), generator=gen)
+    with torch.inference_mode():
+        fast_state, out = state.clone(), np.zeros((rows, n), np.int64)
+        steps = fastpath_large.decode_chunk(
+            model, dtype, fast_state, torch.zeros(rows, 30), ids.numpy()[:, None].copy(), np.ones(rows, np.int64),
+            np.zeros(rows), np.zeros(rows, np.int64), np.ones(rows), np.zeros(rows), np.zeros((rows, n)),
+            np.full(rows, n - 1, np.int64), out, 0,
+        )  # fmt: skip
+        ref_state, chosen = state, []
+        for _ in range(n - 1):  # the prefix character, then every sampled one but the last
+            logits, ref_state = decode.step(model, ids, ref_state, dtype)
+            logits[:, 0] = -torch.inf  # UNK is never drawn
+            ids = logits.argmax(1)
+            chosen.append(ids)
+    assert steps == n
+    assert (out[:, : n - 1] == torch.stack(chosen, 1).numpy()).all()
+    torch.testing.assert_close(fast_state, ref_state, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", ["greedy", "t0.8_topk5", "t1.2_topp0.9_minp", "stops"])
+def test_the_large_batch_path_chooses_what_the_reference_path_chooses(trained, case, dtype, monkeypatch):
+    """Rows of different lengths leave the batch as they finish: it starts on the large-batch path
+    and ends on the small one; every row as torch's one-step path would have it."""
+    params = [dataclasses.replace(CASES[case], max_new_chars=n) for n in (40, 90, 300, 150, 300, 7)]
+    monkeypatch.setitem(generate_module.FAST_MAX_STEP_FLOPS, dtype, 3 * trained.model.config.flops_per_char())
+    paths = {"small": 0, "large": 0}
+    for name, module in (("small", fastpath), ("large", fastpath_large)):
+
+        def counted(*args, name=name, decode_chunk=module.decode_chunk):
+            paths[name] += 1
+            return decode_chunk(*args)
+
+        monkeypatch.setattr(module, "decode_chunk", counted)
+
+    def run(compiled: bool) -> list[tuple[str, str | None, int]]:
+        batch = DecodeBatch(trained.model, trained.vocab, dtype, compiled=compiled)
+        seqs = [Sequence(p, seed=9, index=i) for i, p in enumerate(params)]
+        batch.add("the ", seqs)
+        while batch.busy:
+            batch.step(max_steps=37)
+        return [(s.text, s.finish_reason, s.steps) for s in seqs]
+
+    assert run(True) == run(False)
+    assert paths["large"] > 0
+    assert paths["small"] > 0 or case == "stops"  # stop strings may end every row while the batch is large
 
 
 class _Drawn:

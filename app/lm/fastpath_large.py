@@ -1,0 +1,219 @@
+"""Decoding a large batch on the CPU: torch's matrix products, compiled code for the rest.
+
+For a few rows, app/lm/fastpath.py runs whole steps in compiled code. For many rows, torch's
+batched products win (oneDNN's blocking, and AMX tiles for bfloat16, which compiled code cannot
+reach), but the rest of torch's step is a dozen pointwise ops and a sampler driven from Python
+per step, each one allocating: on the 2x256 LSTM with 64 rows in bfloat16, more time than the
+products themselves. Here each step is torch.mm into fixed buffers for the products (the same
+calls as decode.step makes, so the same results), then one compiled call per layer for the
+cell (app/lm/fastpath.py's `_layer_row`, the small path's own maths), the output layer as one
+torch.addmm, and one compiled call that samples every row (`_choose`, the small path's sampler).
+Several steps run per call while nobody waits to join, as on the small path.
+
+Rows run until the call ends even after they finish (their results unread): a batch's rows are
+independent, and a call is short (generate.TICK_SECONDS).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from llvmlite import ir  # type: ignore[import-untyped]
+from numba import types
+from numba.extending import intrinsic as _intrinsic
+from numba.extending import overload as _overload
+
+from app.lm import decode, fastpath
+
+_compiled = fastpath._compiled
+intrinsic: Any = _intrinsic
+overload: Any = _overload
+
+
+def _as_input(v, like):  # pragma: no cover - replaced by its compiled overload
+    """v (float32) as the products' input buffer holds it (`like` is one of its elements)."""
+    raise NotImplementedError
+
+
+@overload(_as_input, inline="always")
+def _as_input_compiled(v, like):  # pragma: no cover - compiled
+    if like == types.uint16:  # bfloat16 bits: round to nearest, ties to even
+
+        def to_bf16(v, like):
+            b = _bits(v)
+            return np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+        return to_bf16
+    return lambda v, like: v
+
+
+@intrinsic
+def _bits(typingctx, v):  # pragma: no cover - compiled
+    """The bits of a float32, as a uint32."""
+    if v != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(v), codegen
+
+
+@_compiled
+def _layer(cell, layer, layers, table, bx, bh, ids, state, prod, prod2, inputs, upper, a, hp):  # pragma: no cover
+    """Every row of one layer after its products: prod (B, G*H) the summed products (a GRU's
+    recurrent part apart in prod2), as float32 or bfloat16 bits. Runs the cell into state and
+    writes the new h where the next products read it, in their dtype: this layer's own recurrent
+    input for the next step (the last H columns of `inputs`), and the next layer's input for this
+    step (the first H columns of `upper`, unless this is the last layer)."""
+    batch = state.shape[1]
+    hidden = state.shape[2]
+    gh = a.shape[0]
+    for r in range(batch):
+        p = prod[r]
+        for j in range(gh):
+            a[j] = fastpath._widen(p[j])
+        if cell == 2:
+            p2 = prod2[r]
+            for j in range(gh):
+                hp[j] = fastpath._widen(p2[j])
+        fastpath._layer_row(cell, layer, layers, table, bx, bh, ids[r], a, hp, state, r)
+        h = state[layer, r]
+        own = inputs[r]
+        base = own.shape[0] - hidden
+        for j in range(hidden):
+            own[base + j] = _as_input(h[j], own[base + j])
+        if layer + 1 < layers:
+            up = upper[r]
+            for j in range(hidden):
+                up[j] = own[base + j]
+
+
+class _Buffers:
+    """The products' inputs and outputs for one call, as torch tensors and NumPy views of the same memory."""
+
+    def __init__(self, fw: fastpath.FastWeights, w: decode.DecodeWeights, state: torch.Tensor, dtype: torch.dtype):
+        layers, batch, hidden = fw.layers, state.shape[1], state.shape[2]
+        gh = fw.table.shape[1]
+        gru = fw.cell == fastpath.CELL_CODES["gru"]
+        self.dtype = dtype
+        # per layer: the matrices multiplied, and where their input rows live
+        # (layer 0: its h; deeper: [x h] for one product, or x and h apart for a GRU)
+        self.plan: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []  # (input, weight, output)
+        self.inputs: list[np.ndarray] = []  # per layer: the buffer whose last H columns are its own h
+        self.lower_out: list[np.ndarray] = []  # per layer >= 1: the buffer whose first H columns are its x
+        self.prod: list[tuple[np.ndarray, np.ndarray]] = []
+        for k in range(layers):
+            if k == 0:
+                h_in = self._tensor(batch, hidden)
+                self.plan.append([(h_in, w.w_hh[0], self._tensor(batch, gh))])
+                x_in = None
+            elif gru:
+                x_in, h_in = self._tensor(batch, hidden), self._tensor(batch, hidden)
+                self.plan.append(
+                    [(x_in, w.w_ih[k], self._tensor(batch, gh)), (h_in, w.w_hh[k], self._tensor(batch, gh))]
+                )
+            else:
+                h_in = x_in = self._tensor(batch, 2 * hidden)  # [x h]: one product with W_cat
+                w_cat = w.w_cat[k]
+                assert w_cat is not None  # None only for layer 0
+                self.plan.append([(x_in, w_cat, self._tensor(batch, gh))])
+            self.inputs.append(self._np(h_in))
+            if x_in is not None:
+                self.lower_out.append(self._np(x_in))
+            outs = [self._np(out) for _, _, out in self.plan[k]]
+            if gru and k == 0:  # layer 0's input part is its table row: the one product is the recurrent part
+                self.prod.append((outs[0], outs[0]))
+            elif gru:
+                self.prod.append((outs[0], outs[1]))
+            else:
+                self.prod.append((outs[0], outs[0]))
+        self.gru = gru
+        for k in range(layers):  # each layer's own h (rounded), read by the first step's products
+            own = self.inputs[k]
+            own[:, own.shape[1] - hidden :] = self._narrow_all(state[k].numpy())
+        self.a = np.empty(gh, np.float32)
+        self.hp = np.zeros(gh, np.float32)
+
+    def _tensor(self, *shape: int) -> torch.Tensor:
+        return torch.empty(shape, dtype=self.dtype)
+
+    def _np(self, t: torch.Tensor) -> np.ndarray:
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy().view(np.uint16)
+        return t.numpy()
+
+    def _narrow_all(self, x: np.ndarray) -> np.ndarray:
+        if self.dtype == torch.bfloat16:
+            return torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+        return x
+
+
+def decode_chunk(
+    model,
+    dtype: torch.dtype,
+    state: torch.Tensor,
+    logits: torch.Tensor,
+    forced: np.ndarray,
+    n_forced: np.ndarray,
+    temperature: np.ndarray,
+    top_k: np.ndarray,
+    top_p: np.ndarray,
+    min_p: np.ndarray,
+    uniforms: np.ndarray,
+    remaining: np.ndarray,
+    out: np.ndarray,
+    unk: int,
+) -> int:
+    """fastpath.decode_chunk's contract for a large batch: up to out.shape[1] steps for every
+    row, state (R, B, H) and logits (B, V) (float32, contiguous) updated in place. Returns the
+    steps taken. A row that finished has stale state and logits."""
+    fw = fastpath.fast_weights(model, dtype)
+    w = decode.decode_weights(model, dtype)
+    buffers = _Buffers(fw, w, state, dtype)
+    state_np, logits_np = state.numpy(), logits.numpy()
+    batch, vocab = logits.shape
+    layers = fw.layers
+    ids = np.zeros(batch, np.int64)
+    rows = np.empty(batch, np.int64)
+    x = np.empty(vocab, np.float64)
+    ranked = np.empty(vocab, np.float64)
+    last_h = state[layers - 1]  # (B, H): the output layer's input, a view updated in place
+    fc_bias = model.fc.bias.detach()
+    no_upper = buffers.inputs[0][:, :0]
+    steps = 0
+    for t in range(out.shape[1]):
+        n = fastpath._choose(
+            t, logits_np, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk,
+            ids, rows, x, ranked,
+        )  # fmt: skip
+        if n < 0:
+            break
+        steps = t + 1
+        if n == 0:
+            break
+        for k in range(layers):
+            for inp, weight, prod in buffers.plan[k]:
+                torch.mm(inp, weight, out=prod)
+            upper = buffers.lower_out[k] if k + 1 < layers else no_upper
+            prod1, prod2 = buffers.prod[k]
+            _layer(
+                fw.cell, k, layers, fw.table, fw.bx, fw.bh, ids, state_np, prod1, prod2,
+                buffers.inputs[k], upper, buffers.a, buffers.hp,
+            )  # fmt: skip
+        torch.addmm(fc_bias, last_h, w.fc, out=logits)
+    return steps
+
+
+def warm(model, dtype: torch.dtype) -> None:
+    """Compiles (or loads from numba's disk cache) this path's code for this dtype: two rows, two steps."""
+    cfg = model.config
+    rows = 2
+    state = torch.zeros(cfg.state_rows, rows, cfg.hidden_size)
+    logits = torch.zeros(rows, cfg.vocab_size)
+    one, ones = np.ones(rows), np.ones(rows, np.int64)
+    with torch.inference_mode():
+        decode_chunk(model, dtype, state, logits, np.ones((rows, 1), np.int64), ones, one, 2 * ones, one,
+                     np.zeros(rows), np.zeros((rows, 3)), 2 * ones, np.zeros((rows, 3), np.int64), 0)  # fmt: skip
