@@ -307,10 +307,12 @@ class _Worker:
                 self._finish(req, "cancelled")
             self._running = [r for r in self._running if r not in gone]
         stepped = steps = 0
-        # many characters per call while nobody waits to join (the compiled path; see DecodeBatch.step)
-        max_steps = 1 if self.pending else MAX_STEPS_PER_TICK
+        # many characters per call (the CPU's compiled paths; see DecodeBatch.step); a request still
+        # waiting here found no room (a full batch, or batching off): the call ends where a row
+        # reaches its length, so that it joins then
+        waiting = bool(self.pending)
         for key, batch in list(self._batches.items()):
-            batch.step(max_steps)
+            batch.step(MAX_STEPS_PER_TICK, until_a_row_ends=waiting)
             stepped += batch.sampled
             steps = max(steps, batch.steps)
             if not batch.busy:

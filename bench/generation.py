@@ -241,9 +241,11 @@ def at_the_limit(model: CharRNN, vocab: Vocab, prefix: str, dtypes, new_chars: i
                 )
                 row[f"{label}_{path}_chars_per_s"] = round(rate, 1)
             step, fixed = marginal_seconds(
-                lambda n, t=temperature, d=dtype: generate(
-                    model, vocab, prefix, SamplingParams(max_new_chars=n, temperature=t), seed=1, dtype=d
-                )[0].steps,
+                lambda n, t=temperature, d=dtype: (
+                    generate(model, vocab, prefix, SamplingParams(max_new_chars=n, temperature=t), seed=1, dtype=d)[
+                        0
+                    ].steps
+                ),
                 new_chars,
                 repeats,
             )

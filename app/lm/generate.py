@@ -148,21 +148,24 @@ class DecodeBatch:
             self._join(prefill.seqs, prefill.state, ids[-1:])
 
     @torch.inference_mode()
-    def step(self, max_steps: int = 1) -> list[Sequence]:
+    def step(self, max_steps: int = 1, until_a_row_ends: bool = False) -> list[Sequence]:
         """Every generating row gets one character, every feeding row reads one prefix character;
         finished sequences leave. Returns those that finished.
 
         With max_steps > 1 and every row generating plainly (no regex, penalties, logit bias or
-        log-probabilities) on the compiled path, up to max_steps characters per row in one call
-        (about TICK_SECONDS of work): the caller takes more steps per call while nobody waits to join."""
+        log-probabilities) on the CPU's compiled paths, up to max_steps characters per row in one
+        call (about TICK_SECONDS of work), and no more than the first row to reach its length
+        needs where `until_a_row_ends` (a request waits for its place). While a long prefix is
+        being read, one step per call between its chunks."""
         self.sampled = self.steps = 0
         if self._prefilling:
             self._prefill_chunk()
+            max_steps = 1
         if not self.seqs:
             return []
         assert self.state is not None and self.logits is not None  # set while there are rows
         if self._fast and not self.params.special.any():
-            return self._compiled_steps(max_steps)
+            return self._compiled_steps(max_steps, until_a_row_ends)
         self.steps = 1
         inputs = [f[0] if f else 0 for f in self.forced]
         sampling = [r for r, f in enumerate(self.forced) if not f]
@@ -191,7 +194,7 @@ class DecodeBatch:
         self.logits, self.state = self._torch_step(self.model, ids, self.state, self.dtype)  # (B, V), (R, B, H)
         return finished
 
-    def _compiled_steps(self, max_steps: int) -> list[Sequence]:
+    def _compiled_steps(self, max_steps: int, until_a_row_ends: bool) -> list[Sequence]:
         """Up to max_steps steps for every row through fastpath.decode_chunk (prefix characters
         still to read first): the same choices as the one-step path (the same numbers drawn from
         each row's stream), no Python per character."""
@@ -202,7 +205,9 @@ class DecodeBatch:
         for r in np.flatnonzero(n_forced).tolist():
             forced[r, : n_forced[r]] = self.forced[r]
         remaining = np.fromiter((s.params.max_new_chars - s.steps for s in seqs), np.int64, len(seqs))
-        chunk = int(min(max_steps, (n_forced + remaining).max(), max(1, TICK_SECONDS / self._seconds_per_step)))
+        ends = n_forced + remaining  # the step at which each row reaches its length
+        chunk = int(min(max_steps, ends.min() if until_a_row_ends else ends.max()))
+        chunk = max(1, min(chunk, int(TICK_SECONDS / self._seconds_per_step)))
         limit = np.maximum(np.minimum(remaining, chunk - n_forced), 0)  # characters each row may sample
         uniforms = np.zeros((len(seqs), chunk))
         for drawing in np.flatnonzero((self.params.temperature > 0) & (limit > 0)).tolist():
