@@ -155,7 +155,8 @@ class DecodeBatch:
         With max_steps > 1 and every row generating plainly (no regex, penalties, logit bias or
         log-probabilities) on the CPU's compiled paths, up to max_steps characters per row in one
         call (about TICK_SECONDS of work), and no more than the first row to reach its length
-        needs where `until_a_row_ends` (a request waits for its place). While a long prefix is
+        needs where `until_a_row_ends` (a request waits for its place). A row that just joined
+        ends the call at its first character, so that it streams at once. While a long prefix is
         being read, one step per call between its chunks."""
         self.sampled = self.steps = 0
         if self._prefilling:
@@ -207,6 +208,9 @@ class DecodeBatch:
         remaining = np.fromiter((s.params.max_new_chars - s.steps for s in seqs), np.int64, len(seqs))
         ends = n_forced + remaining  # the step at which each row reaches its length
         chunk = int(min(max_steps, ends.min() if until_a_row_ends else ends.max()))
+        fresh = np.fromiter((s.steps == 0 for s in seqs), bool, len(seqs))
+        if fresh.any():  # a row that just joined: this call ends at its first character (time to first character)
+            chunk = min(chunk, int(n_forced[fresh].min()) + 1)
         chunk = max(1, min(chunk, int(TICK_SECONDS / self._seconds_per_step)))
         limit = np.maximum(np.minimum(remaining, chunk - n_forced), 0)  # characters each row may sample
         uniforms = np.zeros((len(seqs), chunk))

@@ -69,7 +69,8 @@ def test_generation_on_the_gpu_chooses_what_the_reference_path_chooses():
     vocab = Vocab.from_text("the quick brown fox jumps over the lazy dog")
     cfg = ModelConfig(vocab_size=vocab.size, cell="gru", hidden_size=48, num_layers=2, encoding="embedding")
     model = build_model(cfg, seed=3).cuda().eval()
-    params = SamplingParams(max_new_chars=80, temperature=0.9)
-    graphed = generate(model, vocab, "the ", params, n=3, seed=7)
-    reference = generate(model, vocab, "the ", params, n=3, seed=7, compiled=False)
-    assert [s.text for s in graphed] == [s.text for s in reference]
+    params = SamplingParams(max_new_chars=80)  # greedy: a padded bucket may round differently, not choose otherwise
+    for prefix in ("the ", "quick", "z"):
+        graphed = generate(model, vocab, prefix, params, n=3, seed=7)
+        reference = generate(model, vocab, prefix, params, n=3, seed=7, compiled=False)
+        assert [s.text for s in graphed] == [s.text for s in reference]
