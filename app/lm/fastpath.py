@@ -596,43 +596,40 @@ def time_steps(model: CharRNN, dtype: torch.dtype, batch: int, repeats: int, pro
     return (time.perf_counter() - start) / repeats
 
 
-def decode_chunk(
-    fw: FastWeights,
-    state: np.ndarray,
-    logits: np.ndarray,
-    forced: np.ndarray,
-    n_forced: np.ndarray,
-    temperature: np.ndarray,
-    top_k: np.ndarray,
-    top_p: np.ndarray,
-    min_p: np.ndarray,
-    uniforms: np.ndarray,
-    remaining: np.ndarray,
-    out: np.ndarray,
-    unk: int,
-) -> int:
-    """Up to out.shape[1] steps for every row. Row r first reads its n_forced[r] prefix ids
-    forced[r, :n_forced[r]] (one per step, nothing sampled), then samples its p-th character with
-    uniforms[r, p] into out[r, p], at most remaining[r] of them, and feeds each one unless the row
-    is done. state (R, B, H) and logits (B, V) are updated in place (a finished row's are left
-    stale). Returns the steps taken."""
-    return int(
-        _decode_chunk(
-            *fw.args(),
-            state,
-            logits,
-            forced,
-            n_forced,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            uniforms,
-            remaining,
-            out,
-            unk,
-        )  # fmt: skip
-    )
+@dataclass
+class Chunk:
+    """What one call of decode_chunk (either CPU path) does for each row r of a batch: it first
+    reads the row's n_forced[r] prefix ids forced[r, :n_forced[r]] (one per step, nothing sampled),
+    then samples its p-th character with uniforms[r, p] into out[r, p], at most remaining[r] of
+    them, and feeds each one unless the row is done; up to out.shape[1] steps."""
+
+    forced: np.ndarray  # (B, F) int64
+    n_forced: np.ndarray  # (B,) int64
+    temperature: np.ndarray  # (B,) float64; 0 = greedy
+    top_k: np.ndarray  # (B,) int64; 0 = off
+    top_p: np.ndarray  # (B,) float64; 1 = off
+    min_p: np.ndarray  # (B,) float64; 0 = off
+    uniforms: np.ndarray  # (B, K) float64
+    remaining: np.ndarray  # (B,) int64
+    out: np.ndarray  # (B, K) int64: the sampled ids
+    unk: int  # the id never sampled
+
+    def args(self) -> tuple:
+        return (self.forced, self.n_forced, self.temperature, self.top_k, self.top_p, self.min_p, self.uniforms,
+                self.remaining, self.out, self.unk)  # fmt: skip
+
+    @classmethod
+    def trial(cls, rows: int) -> Chunk:
+        """Two steps of each of `rows` rows (one prefix id, then one greedy character): compiles the code."""
+        ones = np.ones(rows, np.int64)
+        return cls(np.ones((rows, 1), np.int64), ones, np.zeros(rows), 2 * ones, np.ones(rows), np.zeros(rows),
+                   np.zeros((rows, 3)), 2 * ones, np.zeros((rows, 3), np.int64), 0)  # fmt: skip
+
+
+def decode_chunk(fw: FastWeights, state: np.ndarray, logits: np.ndarray, chunk: Chunk) -> int:
+    """The steps of `chunk` in compiled code. state (R, B, H) and logits (B, V) are updated in
+    place (a finished row's are left stale). Returns the steps taken."""
+    return int(_decode_chunk(*fw.args(), state, logits, *chunk.args()))
 
 
 def warm(model: CharRNN, dtype: torch.dtype) -> None:
@@ -644,6 +641,4 @@ def warm(model: CharRNN, dtype: torch.dtype) -> None:
     cfg = model.config
     state = np.zeros((cfg.state_rows, 1, cfg.hidden_size), np.float32)
     logits = np.zeros((1, cfg.vocab_size), np.float32)
-    one, two = np.ones(1), np.full(1, 2, np.int64)
-    decode_chunk(fw, state, logits, np.ones((1, 1), np.int64), np.ones(1, np.int64), one, two, one, np.zeros(1),
-                 np.zeros((1, 3)), two, np.zeros((1, 3), np.int64), 0)  # fmt: skip
+    decode_chunk(fw, state, logits, Chunk.trial(1))

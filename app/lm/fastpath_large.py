@@ -151,25 +151,10 @@ class _Buffers:
         return x
 
 
-def decode_chunk(
-    model,
-    dtype: torch.dtype,
-    state: torch.Tensor,
-    logits: torch.Tensor,
-    forced: np.ndarray,
-    n_forced: np.ndarray,
-    temperature: np.ndarray,
-    top_k: np.ndarray,
-    top_p: np.ndarray,
-    min_p: np.ndarray,
-    uniforms: np.ndarray,
-    remaining: np.ndarray,
-    out: np.ndarray,
-    unk: int,
-) -> int:
-    """fastpath.decode_chunk's contract for a large batch: up to out.shape[1] steps for every
-    row, state (R, B, H) and logits (B, V) (float32, contiguous) updated in place. Returns the
-    steps taken. A row that finished has stale state and logits."""
+def decode_chunk(model, dtype: torch.dtype, state: torch.Tensor, logits: torch.Tensor, chunk: fastpath.Chunk) -> int:
+    """The steps of `chunk` for a large batch: state (R, B, H) and logits (B, V) (float32,
+    contiguous) updated in place. Returns the steps taken. A row that finished has stale state
+    and logits."""
     fw = fastpath.fast_weights(model, dtype)
     w = decode.decode_weights(model, dtype)
     buffers = _Buffers(fw, w, state, dtype)
@@ -184,11 +169,9 @@ def decode_chunk(
     fc_bias = model.fc.bias.detach()
     no_upper = buffers.inputs[0][:, :0]
     steps = 0
-    for t in range(out.shape[1]):
-        n = fastpath._choose(
-            t, logits_np, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk,
-            ids, rows, x, ranked,
-        )  # fmt: skip
+    chosen = chunk.args()
+    for t in range(chunk.out.shape[1]):
+        n = fastpath._choose(t, logits_np, *chosen, ids, rows, x, ranked)
         if n < 0:
             break
         steps = t + 1
@@ -213,7 +196,5 @@ def warm(model, dtype: torch.dtype) -> None:
     rows = 2
     state = torch.zeros(cfg.state_rows, rows, cfg.hidden_size)
     logits = torch.zeros(rows, cfg.vocab_size)
-    one, ones = np.ones(rows), np.ones(rows, np.int64)
     with torch.inference_mode():
-        decode_chunk(model, dtype, state, logits, np.ones((rows, 1), np.int64), ones, one, 2 * ones, one,
-                     np.zeros(rows), np.zeros((rows, 3)), 2 * ones, np.zeros((rows, 3), np.int64), 0)  # fmt: skip
+        decode_chunk(model, dtype, state, logits, fastpath.Chunk.trial(rows))

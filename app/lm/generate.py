@@ -219,16 +219,14 @@ class DecodeBatch:
         out = np.zeros((len(seqs), chunk), np.int64)
         p = self.params
         start = time.perf_counter()
+        work = fastpath.Chunk(
+            forced, n_forced, p.temperature, p.top_k, p.top_p, p.min_p, uniforms, remaining, out, UNK_INDEX
+        )
         if len(seqs) * self._step_flops <= FAST_MAX_STEP_FLOPS[self.dtype]:  # all in compiled code
-            self.steps = fastpath.decode_chunk(
-                fastpath.fast_weights(self.model, self.dtype), self.state.numpy(), self.logits.numpy(), forced,
-                n_forced, p.temperature, p.top_k, p.top_p, p.min_p, uniforms, remaining, out, UNK_INDEX,
-            )  # fmt: skip
+            fw = fastpath.fast_weights(self.model, self.dtype)
+            self.steps = fastpath.decode_chunk(fw, self.state.numpy(), self.logits.numpy(), work)
         else:  # torch's batched products, compiled code around them
-            self.steps = fastpath_large.decode_chunk(
-                self.model, self.dtype, self.state, self.logits, forced, n_forced,
-                p.temperature, p.top_k, p.top_p, p.min_p, uniforms, remaining, out, UNK_INDEX,
-            )  # fmt: skip
+            self.steps = fastpath_large.decode_chunk(self.model, self.dtype, self.state, self.logits, work)
         if self.steps >= LEARN_FROM_STEPS:  # a call's fixed cost would swamp a step or two
             self._seconds_per_step = 0.5 * self._seconds_per_step + 0.5 * (time.perf_counter() - start) / self.steps
         chars = self.vocab.by_id

@@ -124,11 +124,11 @@ def test_the_large_batch_path_steps_like_the_reference(cell, dtype):
     ids = torch.randint(1, 30, (rows,), generator=gen)
     with torch.inference_mode():
         fast_state, out = state.clone(), np.zeros((rows, n), np.int64)
-        steps = fastpath_large.decode_chunk(
-            model, dtype, fast_state, torch.zeros(rows, 30), ids.numpy()[:, None].copy(), np.ones(rows, np.int64),
-            np.zeros(rows), np.zeros(rows, np.int64), np.ones(rows), np.zeros(rows), np.zeros((rows, n)),
-            np.full(rows, n - 1, np.int64), out, 0,
+        chunk = fastpath.Chunk(
+            ids.numpy()[:, None].copy(), np.ones(rows, np.int64), np.zeros(rows), np.zeros(rows, np.int64),
+            np.ones(rows), np.zeros(rows), np.zeros((rows, n)), np.full(rows, n - 1, np.int64), out, 0,
         )  # fmt: skip
+        steps = fastpath_large.decode_chunk(model, dtype, fast_state, torch.zeros(rows, 30), chunk)
         ref_state, chosen = state, []
         for _ in range(n - 1):  # the prefix character, then every sampled one but the last
             logits, ref_state = decode.step(model, ids, ref_state, dtype)
