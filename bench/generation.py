@@ -303,13 +303,18 @@ def http_lstm(model: CharRNN, vocab: Vocab, prefix: str, new_chars: int, repeats
 
 
 def first_event_seconds(client: httpx.Client, url: str, body: dict) -> float:
-    """Seconds from sending a streamed completion to its first event with text."""
+    """Seconds from sending a streamed completion to its first event with text. The stream is
+    read to its end, as a client does before it sends its next request (one that hung up at the
+    first character would leave the server a cancellation and itself a new connection to open)."""
     t = time.perf_counter()
+    first = None
     with client.stream("POST", url + "/complete", json={**body, "stream": True}) as r:
         for line in r.iter_lines():
-            if line.startswith("data:") and '"text": "' in line and '"text": ""' not in line:
-                return time.perf_counter() - t
-    raise RuntimeError("no text arrived")
+            if first is None and line.startswith("data:") and '"text": "' in line and '"text": ""' not in line:
+                first = time.perf_counter() - t
+    if first is None:
+        raise RuntimeError("no text arrived")
+    return first
 
 
 def http_prefix_cache(prefix_chars: int, repeats: int) -> dict:
