@@ -160,7 +160,8 @@ def step_costs(
 def marginal_seconds(run, n: int, repeats: int) -> tuple[float, float]:
     """The cost of one more character: run(k) generates k characters (returns the steps it took);
     timed at n and 2n characters, the slope between them, and what a request costs besides its
-    steps (the intercept: the stream's set-up, its first call of cold code). Medians of `repeats`."""
+    steps (the intercept: the stream's set-up, its first call of cold code). Medians of `repeats`.
+    Where the longer request ended before n more steps, that repeat's figure is its average step."""
     slopes, fixed = [], []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -169,10 +170,13 @@ def marginal_seconds(run, n: int, repeats: int) -> tuple[float, float]:
         t = time.perf_counter()
         long = run(2 * n)
         t_long = time.perf_counter() - t
-        slope = (t_long - t_short) / max(long - short, 1)
+        if long - short >= n // 2:
+            slope = (t_long - t_short) / (long - short)
+            fixed.append(t_short - short * slope)
+        else:  # a request that may end early (a regex's END) ended early: its average step instead
+            slope = t_long / max(long, 1)
         slopes.append(slope)
-        fixed.append(t_short - short * slope)
-    return statistics.median(slopes), statistics.median(fixed)
+    return statistics.median(slopes), statistics.median(fixed) if fixed else 0.0
 
 
 def products_seconds(model: CharRNN, dtype: torch.dtype, repeats: int) -> float:
