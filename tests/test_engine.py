@@ -1,11 +1,12 @@
 """The continuous-batching engine, driven directly."""
 
 import asyncio
+import sys
 
 import pytest
 
 from app.api.errors import error_response
-from app.engine import Done, Engine, GenerationRequest, LoadedModel
+from app.engine import GIL_SWITCH_SECONDS, Done, Engine, GenerationRequest, LoadedModel
 from app.errors import Overloaded
 from app.lm.generate import SamplingParams, generate
 from app.lm.model import ModelConfig
@@ -206,3 +207,14 @@ def test_a_request_joins_promptly_while_a_long_one_runs_many_steps_per_call(load
         == generate(loaded.model, loaded.vocab, "ab", SamplingParams(max_new_chars=5), seed=2)[0].text
     )
     assert long_.seqs[0].steps == 1_000_000
+
+
+def test_a_started_engine_takes_the_gil_back_quickly():
+    """Decode workers release the GIL around each torch or compiled call; Python's default 5 ms
+    hand-over would keep them waiting behind the event loop."""
+    engine = Engine(max_batch_size=4, max_queued=4, workers=1)
+    engine.start()
+    try:
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_SECONDS)
+    finally:
+        engine.stop()
