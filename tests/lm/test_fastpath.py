@@ -114,9 +114,10 @@ def test_the_compiled_path_chooses_what_the_reference_path_chooses(trained, case
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_the_large_batch_path_steps_like_the_reference(cell, dtype):
+@pytest.mark.parametrize(("layers", "encoding"), [(1, "one_hot"), (3, "embedding")])
+def test_the_large_batch_path_steps_like_the_reference(cell, dtype, layers, encoding):
     """fastpath_large: torch's products, compiled cells and sampler; greedy over several steps."""
-    cfg = ModelConfig(vocab_size=30, cell=cell, hidden_size=64, num_layers=3, encoding="embedding")
+    cfg = ModelConfig(vocab_size=30, cell=cell, hidden_size=64, num_layers=layers, encoding=encoding)
     model = build_model(cfg, seed=0).eval()
     rows, n = 9, 6
     gen = torch.Generator().manual_seed(0)
@@ -137,7 +138,9 @@ def test_the_large_batch_path_steps_like_the_reference(cell, dtype):
             chosen.append(ids)
     assert steps == n
     assert (out[:, : n - 1] == torch.stack(chosen, 1).numpy()).all()
-    torch.testing.assert_close(fast_state, ref_state, rtol=1e-5, atol=2e-6)
+    # bf16: an input a float32 ulp apart can round to the neighbouring bf16 value (products then differ by ~1e-5)
+    tolerance = 2e-6 if dtype == torch.float32 else 2e-4
+    torch.testing.assert_close(fast_state, ref_state, rtol=1e-5, atol=tolerance)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
