@@ -338,14 +338,19 @@ def _layer_row(cell, layer, layers, table, bx, bh, char, a, hp, state, r):  # pr
             h[j] = _tanh(a[j])
     elif cell == 1:
         c = state[layers + layer, r]
+        one = np.float32(1.0)
         for j in range(hidden):
-            i = _sigmoid(a[j])
-            f = _sigmoid(a[hidden + j])
-            g = _sigmoid(a[2 * hidden + j])  # doubled rows: tanh(x) = 2 sigmoid(2x) - 1
-            o = _sigmoid(a[3 * hidden + j])
-            cj = (f * c[j] - i) + np.float32(2.0) * (i * g)
+            # sigmoid(x) = 1 / (1 + e^-x) and, from the doubled rows, tanh(x) = (1 - e^-2x) / (1 + e^-2x):
+            # i tanh(g~) and o tanh(c) each as one quotient, three divisions a unit instead of five
+            # (the denominators are >= 1, and an overflow to inf gives the limit, 0)
+            ei = _exp(-a[j])
+            eg = _exp(-a[2 * hidden + j])
+            eo = _exp(-a[3 * hidden + j])
+            f = one / (one + _exp(-a[hidden + j]))
+            cj = f * c[j] + (one - eg) / ((one + ei) * (one + eg))
             c[j] = cj
-            h[j] = np.float32(2.0) * (o * _sigmoid(cj + cj)) - o
+            ec = _exp(-(cj + cj))
+            h[j] = (one - ec) / ((one + eo) * (one + ec))
     else:
         for j in range(hidden):
             rg = _sigmoid(a[j] + hp[j])
