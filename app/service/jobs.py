@@ -20,6 +20,7 @@ from app.metrics import Metrics
 from app.service.job_board import JobBoard
 from app.service.training import TrainSpec, run_training
 
+FINISHING_SECONDS = 10.0  # how long a new job waits for a finished one's thread to hand over the slot
 log = logging.getLogger(__name__)
 
 
@@ -190,6 +191,8 @@ class TrainingJobs:
         with self._lock:
             if self._running is not None and not self._running.done:
                 raise Conflict(f"training job {self._running.job_id} is still running; one job runs at a time")
+            if self._thread is not None:  # a job reported finished may still be releasing its slot (ms)
+                self._thread.join(FINISHING_SECONDS)
             job = TrainingJob(
                 job_id=uuid.uuid4().hex,
                 name=spec.name,
