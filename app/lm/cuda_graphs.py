@@ -69,7 +69,8 @@ def step(
     g = graphs.by_size.get(size)
     if g is None:
         try:
-            g = graphs.by_size[size] = _record(model, state, size, dtype, graphs)
+            with torch.cuda.device(state.device):  # record on the model's own GPU (cuda:N)
+                g = graphs.by_size[size] = _record(model, state, size, dtype, graphs)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:  # torch reports CUDA failures as RuntimeError
             graphs.failed = True
             log.warning("CUDA graphs unavailable (%s); decoding steps run kernel by kernel", e)
