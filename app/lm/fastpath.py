@@ -200,13 +200,18 @@ def fast_weights(model: CharRNN, dtype: torch.dtype) -> FastWeights:
 # ---- compiled code ------------------------------------------------------------------------------
 
 
+@_inlined
+def _bf16_rounded(b):  # pragma: no cover - compiled
+    """A float32's bits (uint32) rounded to the nearest bfloat16, ties to even: its bits in the top half."""
+    return (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+
+
 @_compiled
 def _round_bf16(x, n):  # pragma: no cover - compiled
     """Rounds x[:n] (float32) to the nearest bfloat16, ties to even, in place."""
     u = x.view(np.uint32)
     for j in range(n):
-        b = u[j]
-        u[j] = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+        u[j] = _bf16_rounded(u[j])
 
 
 @intrinsic
@@ -280,6 +285,18 @@ def _float_bits(typingctx, v):  # pragma: no cover - compiled
         return builder.bitcast(bits, ir.FloatType())
 
     return types.float32(v), codegen
+
+
+@intrinsic
+def _bits(typingctx, v):  # pragma: no cover - compiled
+    """The bits of a float32, as a uint32 (the inverse of _float_bits)."""
+    if v != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(v), codegen
 
 
 @_inlined

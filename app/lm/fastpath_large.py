@@ -20,15 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from llvmlite import ir  # type: ignore[import-untyped]
 from numba import types
-from numba.extending import intrinsic as _intrinsic
 from numba.extending import overload as _overload
 
 from app.lm import decode, fastpath
 
 _compiled = fastpath._compiled
-intrinsic: Any = _intrinsic
 overload: Any = _overload
 
 
@@ -42,23 +39,10 @@ def _as_input_compiled(v, like):  # pragma: no cover - compiled
     if like == types.uint16:  # bfloat16 bits: round to nearest, ties to even
 
         def to_bf16(v, like):
-            b = _bits(v)
-            return np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+            return np.uint16(fastpath._bf16_rounded(fastpath._bits(v)) >> np.uint32(16))
 
         return to_bf16
     return lambda v, like: v
-
-
-@intrinsic
-def _bits(typingctx, v):  # pragma: no cover - compiled
-    """The bits of a float32, as a uint32."""
-    if v != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.uint32(v), codegen
 
 
 @_compiled
@@ -123,14 +107,10 @@ class _Buffers:
             self.inputs.append(self._np(h_in))
             if x_in is not None:
                 self.lower_out.append(self._np(x_in))
+            # the summed products, and a GRU's recurrent part apart (its layer 0 has only that one:
+            # the input part is a table row); other cells' one sum is both
             outs = [self._np(out) for _, _, out in self.plan[k]]
-            if gru and k == 0:  # layer 0's input part is its table row: the one product is the recurrent part
-                self.prod.append((outs[0], outs[0]))
-            elif gru:
-                self.prod.append((outs[0], outs[1]))
-            else:
-                self.prod.append((outs[0], outs[0]))
-        self.gru = gru
+            self.prod.append((outs[0], outs[-1]))
         for k in range(layers):  # each layer's own h (rounded), read by the first step's products
             own = self.inputs[k]
             own[:, own.shape[1] - hidden :] = self._narrow_all(state[k].numpy())
