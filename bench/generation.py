@@ -144,7 +144,7 @@ def step_costs(
             [seq] = generate(model, vocab, prefix, p, seed=1, constraint=constraint, dtype=dtype)
             return seq.steps
 
-        per_step, fixed[name] = marginal_seconds(run, new_chars, repeats)
+        per_step, fixed[name], _ = marginal_seconds(run, new_chars, repeats)
         out[name + "_us_per_char"] = round(per_step * 1e6, 2)
     plain = out["greedy_us_per_char"]
     products = products_seconds(model, dtype, repeats) * 1e6
@@ -157,26 +157,29 @@ def step_costs(
     return out
 
 
-def marginal_seconds(run, n: int, repeats: int) -> tuple[float, float]:
+def marginal_seconds(run, n: int, repeats: int) -> tuple[float, float, float]:
     """The cost of one more character: run(k) generates k characters (returns the steps it took);
-    timed at n and 2n characters, the slope between them, and what a request costs besides its
-    steps (the intercept: the stream's set-up, its first call of cold code). Medians of `repeats`.
-    Where the longer request ended before n more steps, that repeat's figure is its average step."""
-    slopes, fixed = [], []
+    timed at n and 2n characters, the slope between them, what a request costs besides its steps
+    (the intercept: the stream's set-up, its first call of cold code), and the seconds of a request
+    of n. Medians of `repeats`. Where the longer request ended before n more steps, or took no longer
+    (noise, at tiny n), that repeat's figure is its average step."""
+    run(n)  # uncounted: the first request of a model and dtype builds its weights and loads code
+    slopes, fixed, requests = [], [], []
     for _ in range(repeats):
         t = time.perf_counter()
         short = run(n)
         t_short = time.perf_counter() - t
+        requests.append(t_short)
         t = time.perf_counter()
         long = run(2 * n)
         t_long = time.perf_counter() - t
-        if long - short >= n // 2:
-            slope = (t_long - t_short) / (long - short)
+        slope = (t_long - t_short) / (long - short) if long - short >= n // 2 else 0.0
+        if slope > 0:
             fixed.append(t_short - short * slope)
-        else:  # a request that may end early (a regex's END) ended early: its average step instead
+        else:  # the longer request ended early (a regex's END), or noise outweighed n steps: its average step
             slope = t_long / max(long, 1)
         slopes.append(slope)
-    return statistics.median(slopes), statistics.median(fixed) if fixed else 0.0
+    return statistics.median(slopes), statistics.median(fixed) if fixed else 0.0, statistics.median(requests)
 
 
 def products_seconds(model: CharRNN, dtype: torch.dtype, repeats: int) -> float:
@@ -234,25 +237,16 @@ def at_the_limit(model: CharRNN, vocab: Vocab, prefix: str, dtypes, new_chars: i
             "matrix_products_us_per_step": round(products * 1e6, 2),
         }
         for label, temperature in (("greedy", 0.0), ("t0.8", 0.8)):
-            params = SamplingParams(max_new_chars=new_chars, temperature=temperature)
-            for path, compiled in (("compiled", True), ("reference", False)):
-                rate = chars_per_s(
-                    lambda p=params, c=compiled, d=dtype: generate(
-                        model, vocab, prefix, p, seed=1, dtype=d, compiled=c
-                    ),
-                    new_chars,
-                    repeats,
-                )
-                row[f"{label}_{path}_chars_per_s"] = round(rate, 1)
-            step, fixed = marginal_seconds(
-                lambda n, t=temperature, d=dtype: (
-                    generate(model, vocab, prefix, SamplingParams(max_new_chars=n, temperature=t), seed=1, dtype=d)[
-                        0
-                    ].steps
-                ),
-                new_chars,
-                repeats,
-            )
+
+            def run(n: int, compiled: bool = True, t: float = temperature, d: torch.dtype = dtype) -> int:
+                params = SamplingParams(max_new_chars=n, temperature=t)
+                return generate(model, vocab, prefix, params, seed=1, dtype=d, compiled=compiled)[0].steps
+
+            # the compiled path's whole requests of new_chars are the short half of marginal_seconds
+            step, fixed, request = marginal_seconds(run, new_chars, repeats)
+            row[f"{label}_compiled_chars_per_s"] = round(new_chars / request, 1)
+            reference = chars_per_s(lambda: run(new_chars, compiled=False), new_chars, repeats)
+            row[f"{label}_reference_chars_per_s"] = round(reference, 1)
             row[f"{label}_us_per_step"] = round(step * 1e6, 2)
             row[f"{label}_per_request_ms"] = round(fixed * 1e3, 2)
             row[f"{label}_outside_products_us_per_step"] = round((step - products) * 1e6, 2)
