@@ -32,7 +32,7 @@ PREFILL_CHUNK = 512  # longer prefixes are read this many characters per engine 
 # 6 rows 0.95; bf16 8 rows 1.12, 12 rows 0.83. Any batch of the default model stays small.
 FAST_MAX_STEP_FLOPS = {torch.float32: 5 * 2_100_000, torch.bfloat16: 9 * 2_100_000}
 GUESSED_FLOPS_PER_SECOND = 2e10  # a first guess of one core's speed in a step (then measured)
-LEARN_FROM_STEPS = 8  # calls of fewer steps do not teach the time of a step
+LEARN_FROM_STEPS = 8  # calls of fewer steps teach the time of a step only where it was guessed too high
 TICK_SECONDS = 0.010  # one call of the compiled path runs about this long (a request arriving meanwhile joins after it)
 
 
@@ -227,8 +227,7 @@ class DecodeBatch:
             self.steps = fastpath.decode_chunk(fw, self.state.numpy(), self.logits.numpy(), work)
         else:  # torch's batched products, compiled code around them
             self.steps = fastpath_large.decode_chunk(self.model, self.dtype, self.state, self.logits, work)
-        if self.steps >= LEARN_FROM_STEPS:  # a call's fixed cost would swamp a step or two
-            self._seconds_per_step = 0.5 * self._seconds_per_step + 0.5 * (time.perf_counter() - start) / self.steps
+        self._learn_step_time(time.perf_counter() - start, self.steps)
         chars = self.vocab.by_id
         finished = []
         for seq, f, row, n in zip(seqs, self.forced, out.tolist(), limit.tolist(), strict=True):
@@ -241,6 +240,15 @@ class DecodeBatch:
         if finished:
             self._keep([r for r, s in enumerate(self.seqs) if not s.finished])
         return finished
+
+    def _learn_step_time(self, seconds: float, steps: int) -> None:
+        """Learns the time of a compiled step from a call of `steps` steps. A call of a few steps
+        says little (its fixed cost swamps them), except that the guess was too high when even
+        those took less: without that, one slow call (a cold start, a stall of the machine) would
+        leave calls too short to ever correct it."""
+        observed = seconds / max(steps, 1)
+        if steps >= LEARN_FROM_STEPS or observed < self._seconds_per_step:
+            self._seconds_per_step = 0.5 * self._seconds_per_step + 0.5 * observed
 
     def _keep(self, rows: list[int], inputs: list[int] | None = None) -> None:
         if inputs is not None:

@@ -218,6 +218,20 @@ def test_a_compiled_batch_takes_many_steps_per_call_and_one_when_asked(trained):
     assert all(s.steps == 51 for s in seqs)
 
 
+def test_one_slow_call_does_not_leave_the_calls_short_for_good(trained):
+    """A stall (a cold start, a busy machine) makes one call's steps look slow: the calls that
+    follow are short, and must still learn their way back to full length."""
+    batch = DecodeBatch(trained.model, trained.vocab)
+    batch.add("a", [Sequence(SamplingParams(max_new_chars=100_000, temperature=0.9), seed=5)])
+    batch.step()
+    batch._seconds_per_step = generate_module.TICK_SECONDS  # as after a call that stalled: one step a call
+    batch.step(max_steps=1000)
+    assert batch.steps == 1
+    for _ in range(40):
+        batch.step(max_steps=1000)
+    assert batch.steps >= 100
+
+
 def test_rows_that_need_python_per_character_take_the_reference_path(trained):
     batch = DecodeBatch(trained.model, trained.vocab)
     batch.add("a", [Sequence(SamplingParams(max_new_chars=50, logprobs=2), seed=1)])
