@@ -41,9 +41,9 @@ class Prefill:
     """A long prefix being read in chunks; its sequences join the batch when one character is left."""
 
     seqs: list[Sequence]  # the completions of this prefix
-    ids: list[int]  # the prefix
-    position: int = 0  # ids read so far
-    state: torch.Tensor | None = None  # (R, 1, H) after reading `position` ids
+    ids: list[int]  # the prefix from where reading starts (after what the prefix cache kept)
+    position: int = 0  # of those ids, read so far
+    state: torch.Tensor | None = None  # (R, 1, H) after reading the kept characters and `position` ids
     text: str = ""  # the prefix, for the prefix cache
     namespace: object = None  # where the prefix cache keeps its state (None: not kept)
 
@@ -98,21 +98,23 @@ class DecodeBatch:
         seqs = [s for s in seqs if not s.finished]
         if not seqs:
             return
-        ids = self.vocab.encode(prefix)
         for seq in seqs:
-            seq.start(ids, self.vocab.size)
-        if len(ids) <= FEED_IN_BATCH:
-            self._join(seqs, self.model.init_state(1), ids)
+            seq.start(prefix, self.vocab)
+        if len(prefix) <= FEED_IN_BATCH:  # one id per character
+            self._join(seqs, self.model.init_state(1), self.vocab.encode(prefix))
             return
-        prefill = Prefill(seqs, ids, text=prefix[:-1])
+        prefill = Prefill(seqs, [], text=prefix[:-1])
+        read = 0  # characters whose state is kept: never encoded, never read again
         if self.prefix_cache is not None and namespace is not None:
             prefill.namespace = (namespace, self.dtype)
             kept = self.prefix_cache.longest(prefill.namespace, prefill.text)
             if kept is not None:
-                prefill.position, prefill.state = kept.chars, kept.state
-                if kept.chars == len(ids) - 1:  # all but the last character: it joins at once
-                    self._join(seqs, kept.state, ids[-1:])
-                    return
+                read, prefill.state = kept.chars, kept.state
+        prefill.ids = self.vocab.encode(prefix[read:])
+        if len(prefill.ids) == 1:  # all but the last character kept: it joins at once
+            assert prefill.state is not None  # a prefix this long is read unless kept
+            self._join(seqs, prefill.state, prefill.ids)
+            return
         self._prefilling.append(prefill)
 
     def _join(self, seqs: list[Sequence], state: torch.Tensor, forced: list[int]) -> None:

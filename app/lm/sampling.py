@@ -20,7 +20,7 @@ import torch
 from app.lm.constraint import CharAutomaton
 from app.lm.score import CharLogprob, log_probs, top_alternatives
 from app.lm.settings import setting
-from app.lm.vocab import UNK_INDEX
+from app.lm.vocab import UNK_INDEX, Vocab
 
 END = -1  # what a regex-constrained row draws when it ends at a complete match (an implicit end token)
 MAX_LOGPROBS = 20  # alternatives a character may report
@@ -98,16 +98,17 @@ class Sequence:
         if params.max_new_chars <= 0:
             self.finish_reason = "length"
 
-    def start(self, prefix_ids: list[int], vocab_size: int) -> None:
-        """Called when the sequence joins a batch: the prefix seeds the repetition window."""
+    def start(self, prefix: str, vocab: Vocab) -> None:
+        """Called when the sequence joins a batch: the prefix's last characters seed the repetition
+        window (only they are encoded: a long prefix may be resumed from the prefix cache unread)."""
         p = self.params
         if p.repetition_penalty != 1.0 and p.repeat_last_n != 0:
             window = None if p.repeat_last_n < 0 else p.repeat_last_n
-            self._recent = deque(prefix_ids[-window:] if window else prefix_ids, maxlen=window)
+            self._recent = deque(vocab.encode(prefix[-window:] if window else prefix), maxlen=window)
         if p.presence_penalty or p.frequency_penalty:
-            self._counts = np.zeros(vocab_size)
+            self._counts = np.zeros(vocab.size)
         if p.logit_bias:
-            self._bias = np.zeros(vocab_size)
+            self._bias = np.zeros(vocab.size)
             for i, b in p.logit_bias:
                 self._bias[i] += b
 

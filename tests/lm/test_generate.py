@@ -157,3 +157,31 @@ def test_max_new_chars_zero_returns_the_prefix_only(lstm):
     model, vocab = lstm
     out = generate(model, vocab, "abc", SamplingParams(max_new_chars=0))[0]
     assert out.text == "" and out.finish_reason == "length"
+
+
+def test_a_prefix_resumed_from_a_kept_start_encodes_and_reads_only_the_rest(lstm, monkeypatch):
+    from app.lm.prefix_cache import PrefixCache
+
+    model, vocab = lstm
+    params = SamplingParams(max_new_chars=30, temperature=0.9, repetition_penalty=1.3, repeat_last_n=8)
+    start = "abc defgh " * 10
+    grown = start + "hgf edcba " * 6  # a chat history that grew
+
+    def run(prefix: str, cache: PrefixCache | None) -> str:
+        batch = DecodeBatch(model, vocab, prefix_cache=cache)
+        [seq] = seqs = [Sequence(params, seed=3)]
+        batch.add(prefix, seqs, namespace="tenant")
+        while batch.busy:
+            batch.step(max_steps=100)
+        return seq.text
+
+    cache = PrefixCache(1_000_000)
+    run(start, cache)
+    encoded: list[int] = []
+    real_encode = vocab.encode
+    monkeypatch.setattr(vocab, "encode", lambda text: encoded.append(len(text)) or real_encode(text))
+    resumed = run(grown, cache)
+    assert cache.hits == 1
+    assert max(encoded) == len(grown) - (len(start) - 1)  # what follows the kept state; the window's 8 apart
+    monkeypatch.undo()
+    assert resumed == run(grown, None)

@@ -25,7 +25,7 @@ def logits_of(probs: dict[str, float]) -> torch.Tensor:
 
 def started(params: SamplingParams, seed: int = 0, prefix: str = "", constraint=None) -> Sequence:
     seq = Sequence(params, seed, 0, constraint)
-    seq.start(VOCAB.encode(prefix), VOCAB.size)
+    seq.start(prefix, VOCAB)
     return seq
 
 
@@ -112,7 +112,7 @@ def test_a_regex_masks_what_cannot_continue_and_ends_when_the_likeliest_cannot()
     vocab_digits = Vocab.from_text("0123456789-x")
     automaton = compile_regex("[0-9]{2}(-[0-9])?", vocab_digits)
     seq = Sequence(SamplingParams(max_new_chars=10), 0, 0, automaton)
-    seq.start([], vocab_digits.size)
+    seq.start("", vocab_digits)
     row = torch.zeros(vocab_digits.size)
     row[vocab_digits.encode("x")[0]] = 9.0  # the model prefers x, which the pattern never allows
     row[vocab_digits.encode("7")[0]] = 1.0
