@@ -15,6 +15,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from app.cpus import usable_cpus
@@ -222,6 +223,9 @@ class _Worker:
         self._running: list[GenerationRequest] = []
         self._batches: dict[tuple[int, torch.dtype], DecodeBatch] = {}  # one per (id(model), dtype) in use
         self._wake = threading.Condition()
+        # set when a request arrives that can join: the batch's call of the compiled paths ends at
+        # its next step, so that a long call (generate.TICK_SECONDS) never keeps a newcomer waiting
+        self._interrupt = np.zeros(1, np.int64)
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -236,6 +240,8 @@ class _Worker:
     def submit(self, req: GenerationRequest) -> None:
         with self._wake:
             self.pending.append(req)
+            if self.batching and self.rows + req.rows <= self.max_batch_size:  # it can join now
+                self._interrupt[0] = 1
             self._wake.notify()
 
     def start(self) -> None:
@@ -259,6 +265,7 @@ class _Worker:
                         return
                     self._wake.wait()
             try:
+                self._interrupt[0] = 0  # before admitting: one that arrives after the admission ends the call
                 self._admit()
                 self._step()
             except Exception as exc:  # never leave a caller waiting on a dead worker
@@ -295,7 +302,7 @@ class _Worker:
             batch = self._batches.get(key)
             if batch is None:
                 batch = self._batches[key] = DecodeBatch(
-                    loaded.model, loaded.vocab, req.dtype, self.prefix_cache, compiled=self.compiled
+                    loaded.model, loaded.vocab, req.dtype, self.prefix_cache, self.compiled, self._interrupt
                 )
             self._running.append(req)  # before its rows join: a failure while joining still answers it
             for k, prompt in enumerate(req.prompts):
@@ -313,12 +320,11 @@ class _Worker:
                 self._finish(req, "cancelled")
             self._running = [r for r in self._running if r not in gone]
         stepped = steps = 0
-        # many characters per call (the CPU's compiled paths; see DecodeBatch.step); a request still
-        # waiting here found no room (a full batch, or batching off): the call ends where a row
-        # reaches its length, so that it joins then
-        waiting = bool(self.pending)
+        # many characters per call (the CPU's compiled paths; see DecodeBatch.step): a call ends
+        # where a row reaches its length (so that a request still waiting for room joins then), or
+        # at the next step when a request arrives that can join (submit sets the interrupt)
         for key, batch in list(self._batches.items()):
-            batch.step(MAX_STEPS_PER_TICK, until_a_row_ends=waiting)
+            batch.step(MAX_STEPS_PER_TICK)
             stepped += batch.sampled
             steps = max(steps, batch.steps)
             if not batch.busy:

@@ -103,7 +103,8 @@ def step_costs(
 ) -> dict:
     """Microseconds per generated character with each sampler option beside plain greedy decoding,
     on one stream (the same steps, so the difference is the option's own per-step cost), and what
-    each costs outside the step's matrix products (the products timed alone on the compiled path).
+    each costs outside the step's matrix products (each repeat's step less the products timed alone
+    on the compiled path right after it: marginal_seconds).
     A character's cost is the slope between requests of new_chars and twice that (marginal_seconds),
     a request's fixed cost reported beside it. Regex, log-probabilities and penalties take torch's
     one-step path (Python per character)."""
@@ -136,7 +137,8 @@ def step_costs(
         ),
     }
     out: dict = {"pattern": pattern, "new_chars": new_chars}
-    fixed = {}
+    fixed, outside = {}, {}
+    products_alone = products_timer(model, dtype)
     for name, (params, constraint) in cases.items():
 
         def run(n: int, params=params, constraint=constraint) -> int:
@@ -144,27 +146,31 @@ def step_costs(
             [seq] = generate(model, vocab, prefix, p, seed=1, constraint=constraint, dtype=dtype)
             return seq.steps
 
-        per_step, fixed[name], _ = marginal_seconds(run, new_chars, repeats)
+        per_step, fixed[name], _, outside[name] = marginal_seconds(run, new_chars, repeats, products_alone)
         out[name + "_us_per_char"] = round(per_step * 1e6, 2)
     plain = out["greedy_us_per_char"]
-    products = products_seconds(model, dtype, repeats) * 1e6
     out["decode_dtype"] = str(dtype).removeprefix("torch.")
-    out["matrix_products_us_per_step"] = round(products, 2)
+    out["matrix_products_us_per_step"] = round(products_seconds(model, dtype, repeats) * 1e6, 2)
     per_char = {k.removesuffix("_us_per_char"): v for k, v in out.items() if k.endswith("_us_per_char")}
     out["extra_us_over_greedy"] = {k: round(v - plain, 2) for k, v in per_char.items()}
-    out["outside_products_us_per_char"] = {k: round(v - products, 2) for k, v in per_char.items()}
+    out["outside_products_us_per_char"] = {k: round(v * 1e6, 2) for k, v in outside.items()}
     out["per_request_ms"] = {k: round(v * 1e3, 2) for k, v in fixed.items()}
     return out
 
 
-def marginal_seconds(run, n: int, repeats: int) -> tuple[float, float, float]:
+def marginal_seconds(run, n: int, repeats: int, products=None) -> tuple[float, float, float, float | None]:
     """The cost of one more character: run(k) generates k characters (returns the steps it took);
     timed at n and 2n characters, the slope between them, what a request costs besides its steps
     (the intercept: the stream's set-up, its first call of cold code), and the seconds of a request
     of n. Medians of `repeats`. Where the longer request ended before n more steps, or took no longer
-    (noise, at tiny n), that repeat's figure is its average step."""
+    (noise, at tiny n), that repeat's figure is its average step.
+
+    With `products` (seconds of a step's matrix products alone, timed when called), also the cost
+    of a step outside its products: each repeat's slope less the products timed right after it,
+    the median of those differences. Paired so, the few microseconds outside the products are not
+    lost in the machine's drift between two figures of ~100 us taken at different times."""
     run(n)  # uncounted: the first request of a model and dtype builds its weights and loads code
-    slopes, fixed, requests = [], [], []
+    slopes, fixed, requests, outside = [], [], [], []
     for _ in range(repeats):
         t = time.perf_counter()
         short = run(n)
@@ -179,13 +185,26 @@ def marginal_seconds(run, n: int, repeats: int) -> tuple[float, float, float]:
         else:  # the longer request ended early (a regex's END), or noise outweighed n steps: its average step
             slope = t_long / max(long, 1)
         slopes.append(slope)
-    return statistics.median(slopes), statistics.median(fixed) if fixed else 0.0, statistics.median(requests)
+        if products is not None:
+            outside.append(slope - products())
+    return (
+        statistics.median(slopes),
+        statistics.median(fixed) if fixed else 0.0,
+        statistics.median(requests),
+        statistics.median(outside) if outside else None,
+    )
+
+
+def products_timer(model: CharRNN, dtype: torch.dtype):
+    """A function timing the compiled path's matrix products of a one-row step, alone (about 50 ms of them)."""
+    n = max(50, int(0.05 / max(fastpath.time_steps(model, dtype, 1, 20, True), 1e-7)))
+    return lambda: fastpath.time_steps(model, dtype, 1, n, True)
 
 
 def products_seconds(model: CharRNN, dtype: torch.dtype, repeats: int) -> float:
     """The compiled path's matrix products of one one-row step, alone (median of `repeats`)."""
-    n = max(50, int(0.05 / max(fastpath.time_steps(model, dtype, 1, 20, True), 1e-7)))
-    return statistics.median(fastpath.time_steps(model, dtype, 1, n, True) for _ in range(repeats))
+    timed = products_timer(model, dtype)
+    return statistics.median(timed() for _ in range(repeats))
 
 
 def one_row_bound(model: CharRNN, dtype: torch.dtype, repeats: int) -> dict:
@@ -228,6 +247,7 @@ def at_the_limit(model: CharRNN, vocab: Vocab, prefix: str, dtypes, new_chars: i
     for dtype in dtypes:
         bound = one_row_bound(model, dtype, repeats)
         products = products_seconds(model, dtype, repeats)
+        products_alone = products_timer(model, dtype)
         row: dict = {
             "decode_dtype": str(dtype).removeprefix("torch."),
             "bound_us_per_step": round(bound["bound_s"] * 1e6, 2),
@@ -243,13 +263,13 @@ def at_the_limit(model: CharRNN, vocab: Vocab, prefix: str, dtypes, new_chars: i
                 return generate(model, vocab, prefix, params, seed=1, dtype=d, compiled=compiled)[0].steps
 
             # the compiled path's whole requests of new_chars are the short half of marginal_seconds
-            step, fixed, request = marginal_seconds(run, new_chars, repeats)
+            step, fixed, request, outside = marginal_seconds(run, new_chars, repeats, products_alone)
             row[f"{label}_compiled_chars_per_s"] = round(new_chars / request, 1)
             reference = chars_per_s(lambda: run(new_chars, compiled=False), new_chars, repeats)
             row[f"{label}_reference_chars_per_s"] = round(reference, 1)
             row[f"{label}_us_per_step"] = round(step * 1e6, 2)
             row[f"{label}_per_request_ms"] = round(fixed * 1e3, 2)
-            row[f"{label}_outside_products_us_per_step"] = round((step - products) * 1e6, 2)
+            row[f"{label}_outside_products_us_per_step"] = round(outside * 1e6, 2) if outside is not None else None
             row[f"{label}_fraction_of_bound"] = round(bound["bound_s"] / step, 3)
             row[f"{label}_speedup_vs_reference"] = round(
                 row[f"{label}_compiled_chars_per_s"] / row[f"{label}_reference_chars_per_s"], 1

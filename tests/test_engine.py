@@ -209,6 +209,41 @@ def test_a_request_joins_promptly_while_a_long_one_runs_many_steps_per_call(load
     assert long_.seqs[0].steps == 1_000_000
 
 
+def test_an_arriving_request_ends_a_long_call_at_its_next_step(loaded, monkeypatch):
+    """However long a call of the compiled path may run, a request that can join ends it at the
+    next step (the worker's interrupt flag), instead of waiting for the call to end."""
+    from app import engine as engine_module
+    from app.lm import generate as generate_module
+
+    monkeypatch.setattr(generate_module, "TICK_SECONDS", 60.0)
+    monkeypatch.setattr(engine_module, "MAX_STEPS_PER_TICK", 10**9)  # one call could run the whole request
+    engine = Engine(max_batch_size=16, max_queued=10, workers=1)
+    engine.start()
+    total = 1_000_000
+
+    async def both():
+        loop = asyncio.get_running_loop()
+        long_ = GenerationRequest(["ab"], SamplingParams(max_new_chars=total, temperature=1.0), 1, 1, loaded, loop=loop)
+        engine.submit(long_)
+        while long_.seqs[0].steps == 0:  # its first character: now the long calls begin
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.005)
+        short = GenerationRequest(["ab"], SamplingParams(max_new_chars=5), 1, 2, loaded, loop=loop)
+        engine.submit(short)
+        assert isinstance(await asyncio.wait_for(short.queue.get(), 30), Done)
+        running = long_.seqs[0].steps
+        assert isinstance(await asyncio.wait_for(long_.queue.get(), 60), Done)
+        return running, long_
+
+    try:
+        running, long_ = asyncio.run(both())
+    finally:
+        engine.stop()
+    assert running < total // 2  # the call ended for the newcomer, not at its own end
+    alone = generate(loaded.model, loaded.vocab, "ab", SamplingParams(max_new_chars=total, temperature=1.0), seed=1)
+    assert long_.seqs[0].text == alone[0].text  # the numbers drawn for the steps not taken were given back
+
+
 def test_a_started_engine_takes_the_gil_back_quickly():
     """Decode workers release the GIL around each torch or compiled call; Python's default 5 ms
     hand-over would keep them waiting behind the event loop."""

@@ -25,11 +25,11 @@ bias) take the one-step path instead (generate.DecodeBatch decides).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,7 @@ _EMPTY_F32 = np.zeros((1, 1, 1), np.float32)
 _EMPTY_U16 = np.zeros((1, 1, 1), np.uint16)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class FastWeights:
     """decode.DecodeWeights as NumPy arrays for the compiled step (views of the same memory where possible).
 
@@ -540,7 +540,7 @@ def _buffers(batch, gates, hidden):  # pragma: no cover - compiled
 @_compiled
 def _decode_chunk(
     cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
-    state, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk,
+    state, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk, interrupt,
 ):  # fmt: skip  # pragma: no cover - compiled
     batch = logits.shape[0]
     chunk = out.shape[1]
@@ -552,6 +552,8 @@ def _decode_chunk(
     rows = np.empty(batch, np.int64)
     steps = 0
     for t in range(chunk):
+        if t > 0 and interrupt[0] != 0:  # set by another thread (a request arrived): end between steps
+            break
         # _choose(t, ...) written out: as a call (inlined or not) it cost the default model's step
         # a third more (1.86M -> 1.3M chars/s); fastpath_large, a step of many rows, calls it
         n = 0
@@ -618,7 +620,7 @@ def time_steps(model: CharRNN, dtype: torch.dtype, batch: int, repeats: int, pro
     return (time.perf_counter() - start) / repeats
 
 
-@dataclass
+@dataclasses.dataclass
 class Chunk:
     """What one call of decode_chunk (either CPU path) does for each row r of a batch: it first
     reads the row's n_forced[r] prefix ids forced[r, :n_forced[r]] (one per step, nothing sampled),
@@ -635,8 +637,11 @@ class Chunk:
     remaining: np.ndarray  # (B,) int64
     out: np.ndarray  # (B, K) int64: the sampled ids
     unk: int  # the id never sampled
+    # the call ends before its next step (after one at least) once another thread sets interrupt[0]
+    interrupt: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(1, np.int64))
 
     def args(self) -> tuple:
+        """The fields both CPU paths' samplers take (not `interrupt`, which each path reads itself)."""
         return (self.forced, self.n_forced, self.temperature, self.top_k, self.top_p, self.min_p, self.uniforms,
                 self.remaining, self.out, self.unk)  # fmt: skip
 
@@ -650,8 +655,9 @@ class Chunk:
 
 def decode_chunk(fw: FastWeights, state: np.ndarray, logits: np.ndarray, chunk: Chunk) -> int:
     """The steps of `chunk` in compiled code. state (R, B, H) and logits (B, V) are updated in
-    place (a finished row's are left stale). Returns the steps taken."""
-    return int(_decode_chunk(*fw.args(), state, logits, *chunk.args()))
+    place (a finished row's are left stale). Returns the steps taken: fewer than out.shape[1]
+    where every row ended, or chunk.interrupt was set."""
+    return int(_decode_chunk(*fw.args(), state, logits, *chunk.args(), chunk.interrupt))
 
 
 def warm(model: CharRNN, dtype: torch.dtype) -> None:

@@ -10,8 +10,9 @@ cell (app/lm/fastpath.py's `_layer_row`, the small path's own maths), the output
 torch.addmm, and one compiled call that samples every row (`_choose`, the small path's sampler).
 Several steps run per call while nobody waits to join, as on the small path.
 
-Rows run until the call ends even after they finish (their results unread): a batch's rows are
-independent, and a call is short (generate.TICK_SECONDS).
+A row that ends at a stop string runs on until the call ends (its results unread): a batch's rows
+are independent, and a call is short while a row has stop strings (generate.STOP_TICK_SECONDS);
+a call never runs past the first row to reach its length.
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ def decode_chunk(model, dtype: torch.dtype, state: torch.Tensor, logits: torch.T
     steps = 0
     chosen = chunk.args()
     for t in range(chunk.out.shape[1]):
+        if t > 0 and chunk.interrupt[0]:  # a request arrived (set by another thread): end between steps
+            break
         n = fastpath._choose(t, logits_np, *chosen, ids, rows, x, ranked)
         if n < 0:
             break

@@ -128,6 +128,13 @@ class Sequence:
             return have
         return np.concatenate((have, self.rng.random(n - len(have))))
 
+    def give_back(self, unused: np.ndarray) -> None:
+        """Returns the last numbers that uniforms() gave and nobody used (a call of the compiled
+        path that ended early): the stream goes on from the first of them, as if never drawn."""
+        if len(unused):
+            self._uniforms = np.concatenate((unused, self._uniforms[self._next_uniform :]))
+            self._next_uniform = 0
+
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
@@ -237,6 +244,7 @@ class RowParams:
     top_p: np.ndarray  # (B,) float64; 1 = off
     min_p: np.ndarray  # (B,) float64; 0 = off
     special: np.ndarray  # (B,) bool: bias, penalties, a regex or log-probabilities (a per-row step)
+    stops: np.ndarray  # (B,) bool: stop strings (found after a call of the compiled path)
 
     @classmethod
     def of(cls, seqs: list[Sequence]) -> RowParams:
@@ -249,12 +257,14 @@ class RowParams:
             np.fromiter(
                 (s.params.adjusts_logits or s.constraint is not None or s.logprobs is not None for s in seqs), bool, n
             ),
+            np.fromiter((bool(s.params.stop) for s in seqs), bool, n),
         )
 
     def take(self, rows) -> RowParams:
         return RowParams(
-            self.temperature[rows], self.top_k[rows], self.top_p[rows], self.min_p[rows], self.special[rows]
-        )
+            self.temperature[rows], self.top_k[rows], self.top_p[rows], self.min_p[rows], self.special[rows],
+            self.stops[rows],
+        )  # fmt: skip
 
     def __add__(self, other: RowParams) -> RowParams:
         return RowParams(
@@ -263,6 +273,7 @@ class RowParams:
             np.concatenate((self.top_p, other.top_p)),
             np.concatenate((self.min_p, other.min_p)),
             np.concatenate((self.special, other.special)),
+            np.concatenate((self.stops, other.stops)),
         )
 
 

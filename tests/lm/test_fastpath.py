@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -200,9 +201,8 @@ def test_the_compiled_sampler_draws_what_the_python_sampler_draws(vocab_size):
             chosen = fastpath._sample_row(logits, temperature, top_k, top_p, min_p, u, 0, x, ranked)
             masked = logits.astype(np.float64)[None]
             masked[0, 0] = -np.inf  # the UNK index, never drawn
-            params = RowParams(
-                np.array([temperature]), np.array([top_k]), np.array([top_p]), np.array([min_p]), np.zeros(1, bool)
-            )
+            no = np.zeros(1, bool)
+            params = RowParams(np.array([temperature]), np.array([top_k]), np.array([top_p]), np.array([min_p]), no, no)
             assert chosen == int(_draw(masked, [_Drawn(u)], params)[0])  # type: ignore[list-item]
 
 
@@ -230,6 +230,35 @@ def test_one_slow_call_does_not_leave_the_calls_short_for_good(trained):
     for _ in range(40):
         batch.step(max_steps=1000)
     assert batch.steps >= 100
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
+def test_an_interrupted_call_ends_after_one_step_and_the_text_stays_the_same(trained, large, monkeypatch):
+    if large:
+        monkeypatch.setitem(generate_module.FAST_MAX_STEP_FLOPS, torch.float32, 0)
+    params = SamplingParams(max_new_chars=120, temperature=0.9, top_k=8)
+    whole = generate(trained.model, trained.vocab, "the ", params, n=3, seed=7)
+    batch = DecodeBatch(trained.model, trained.vocab)
+    seqs = [Sequence(params, 7, i) for i in range(3)]
+    batch.add("the ", seqs)
+    batch.interrupt[0] = 1  # as another thread sets it: every call ends after its first step
+    while batch.busy:
+        batch.step(max_steps=1000)
+        assert batch.steps == 1
+    assert [s.text for s in seqs] == [s.text for s in whole]  # the numbers drawn for later steps came back
+
+
+def test_a_compiled_call_sees_an_interrupt_set_by_another_thread(trained, monkeypatch):
+    monkeypatch.setattr(generate_module, "TICK_SECONDS", 60.0)
+    batch = DecodeBatch(trained.model, trained.vocab)
+    total = 2_000_000
+    batch.add("the ", [Sequence(SamplingParams(max_new_chars=total, temperature=0.9), 1)])
+    batch.step(max_steps=1000)  # the prefix and the first character
+    timer = threading.Timer(0.05, batch.interrupt.__setitem__, (0, 1))
+    timer.start()
+    batch.step(max_steps=total)
+    timer.join()
+    assert 0 < batch.steps < total // 2
 
 
 def test_rows_that_need_python_per_character_take_the_reference_path(trained):
