@@ -540,7 +540,8 @@ def _buffers(batch, gates, hidden):  # pragma: no cover - compiled
 @_compiled
 def _decode_chunk(
     cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
-    state, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk, interrupt,
+    state, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk,
+    interrupt, interrupt_after,
 ):  # fmt: skip  # pragma: no cover - compiled
     batch = logits.shape[0]
     chunk = out.shape[1]
@@ -552,7 +553,7 @@ def _decode_chunk(
     rows = np.empty(batch, np.int64)
     steps = 0
     for t in range(chunk):
-        if t > 0 and interrupt[0] != 0:  # set by another thread (a request arrived): end between steps
+        if t >= interrupt_after and interrupt[0] != 0:  # set by another thread (a request arrived)
             break
         # _choose(t, ...) written out: as a call (inlined or not) it cost the default model's step
         # a third more (1.86M -> 1.3M chars/s); fastpath_large, a step of many rows, calls it
@@ -637,8 +638,10 @@ class Chunk:
     remaining: np.ndarray  # (B,) int64
     out: np.ndarray  # (B, K) int64: the sampled ids
     unk: int  # the id never sampled
-    # the call ends before its next step (after one at least) once another thread sets interrupt[0]
+    # once another thread sets interrupt[0], the call ends before its next step, if it has taken
+    # interrupt_after (>= 1) steps (else when it has)
     interrupt: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(1, np.int64))
+    interrupt_after: int = 1
 
     def args(self) -> tuple:
         """The fields both CPU paths' samplers take (not `interrupt`, which each path reads itself)."""
@@ -656,8 +659,8 @@ class Chunk:
 def decode_chunk(fw: FastWeights, state: np.ndarray, logits: np.ndarray, chunk: Chunk) -> int:
     """The steps of `chunk` in compiled code. state (R, B, H) and logits (B, V) are updated in
     place (a finished row's are left stale). Returns the steps taken: fewer than out.shape[1]
-    where every row ended, or chunk.interrupt was set."""
-    return int(_decode_chunk(*fw.args(), state, logits, *chunk.args(), chunk.interrupt))
+    where every row ended, or chunk.interrupt ended the call."""
+    return int(_decode_chunk(*fw.args(), state, logits, *chunk.args(), chunk.interrupt, max(1, chunk.interrupt_after)))
 
 
 def warm(model: CharRNN, dtype: torch.dtype) -> None:

@@ -34,10 +34,14 @@ FAST_MAX_STEP_FLOPS = {torch.float32: 5 * 2_100_000, torch.bfloat16: 9 * 2_100_0
 GUESSED_FLOPS_PER_SECOND = 2e10  # a first guess of one core's speed in a step (then measured)
 LEARN_FROM_STEPS = 8  # calls of fewer steps teach the time of a step only where it was guessed too high
 # One call of the compiled paths runs about this long. It ends sooner where a row reaches its
-# length (its request is answered at once), and at the next step when a request arrives to join
-# (DecodeBatch.interrupt). A stop string is found after a call, so a batch with a row that has
-# some keeps calls short: a finished row's answer waits for its call to end.
+# length (its request is answered at once), and when a request arrives to join (DecodeBatch.
+# interrupt), at the next step once it has run JOIN_WAIT_SECONDS: a newcomer never waits longer,
+# and a large batch, whose calls are that short anyway, is not cut into more calls by every
+# arrival (measured with 64 clients: 8% fewer chars/s when any arrival ended a call). A stop
+# string is found after a call, so a batch with a row that has some keeps calls short: a finished
+# row's answer waits for its call to end.
 TICK_SECONDS = 0.050
+JOIN_WAIT_SECONDS = 0.010
 STOP_TICK_SECONDS = 0.010
 
 
@@ -233,7 +237,7 @@ class DecodeBatch:
         start = time.perf_counter()
         work = fastpath.Chunk(
             forced, n_forced, p.temperature, p.top_k, p.top_p, p.min_p, uniforms, remaining, out, UNK_INDEX,
-            self.interrupt,
+            self.interrupt, int(JOIN_WAIT_SECONDS / self._seconds_per_step),
         )  # fmt: skip
         if len(seqs) * self._step_flops <= FAST_MAX_STEP_FLOPS[self.dtype]:  # all in compiled code
             fw = fastpath.fast_weights(self.model, self.dtype)

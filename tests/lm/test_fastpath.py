@@ -236,6 +236,7 @@ def test_one_slow_call_does_not_leave_the_calls_short_for_good(trained):
 def test_an_interrupted_call_ends_after_one_step_and_the_text_stays_the_same(trained, large, monkeypatch):
     if large:
         monkeypatch.setitem(generate_module.FAST_MAX_STEP_FLOPS, torch.float32, 0)
+    monkeypatch.setattr(generate_module, "JOIN_WAIT_SECONDS", 0.0)  # honoured at once
     params = SamplingParams(max_new_chars=120, temperature=0.9, top_k=8)
     whole = generate(trained.model, trained.vocab, "the ", params, n=3, seed=7)
     batch = DecodeBatch(trained.model, trained.vocab)
@@ -246,6 +247,19 @@ def test_an_interrupted_call_ends_after_one_step_and_the_text_stays_the_same(tra
         batch.step(max_steps=1000)
         assert batch.steps == 1
     assert [s.text for s in seqs] == [s.text for s in whole]  # the numbers drawn for later steps came back
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
+def test_an_interrupt_ends_a_call_once_it_has_run_the_join_wait(trained, large, monkeypatch):
+    if large:
+        monkeypatch.setitem(generate_module.FAST_MAX_STEP_FLOPS, torch.float32, 0)
+    batch = DecodeBatch(trained.model, trained.vocab)
+    batch.add("the ", [Sequence(SamplingParams(max_new_chars=500, temperature=0.9), 1) for _ in range(2)])
+    batch.step(max_steps=1000)  # the prefix and the first characters
+    batch._seconds_per_step = 0.001  # calls of 50 steps; the join wait is 10 of them
+    batch.interrupt[0] = 1
+    batch.step(max_steps=1000)
+    assert batch.steps == round(generate_module.JOIN_WAIT_SECONDS / 0.001)
 
 
 def test_a_compiled_call_sees_an_interrupt_set_by_another_thread(trained, monkeypatch):
