@@ -26,7 +26,6 @@ bias) take the one-step path instead (generate.DecodeBatch decides).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import tempfile
 import time
@@ -316,6 +315,39 @@ def _exp(x):  # pragma: no cover - compiled
     return p * _float_bits((np.int32(n) + np.int32(127)) << np.int32(23))
 
 
+@intrinsic
+def _double_bits(typingctx, v):  # pragma: no cover - compiled
+    """The float64 whose bits are the int64 v."""
+    if v != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(v), codegen
+
+
+@_inlined
+def _exp_nonpositive(x):  # pragma: no cover - compiled
+    """exp(x) in float64 for x <= 0 (-inf included, giving 0), within 1 ulp: fdlibm's exp (the
+    algorithm of most C libraries) without its branches, so that a loop of them runs in vector
+    registers where libm's exp is a call per element. Results below 2^-1022 (x < -708) are 0,
+    where libm gives a subnormal: a probability no uniform number in [0, 1) can land on but 0."""
+    d = max(x, -708.0)
+    k = np.floor(d * 1.44269504088896338700 + 0.5)
+    hi = d - k * 6.93147180369123816490e-01
+    lo = k * 1.90821492927058770002e-10
+    r = hi - lo
+    t = r * r
+    p = -1.65339022054652515390e-06 + t * 4.13813679705723846039e-08
+    p = 6.61375632143793436117e-05 + t * p
+    p = -2.77777777770155933842e-03 + t * p
+    c = r - t * (1.66666666666666019037e-01 + t * p)
+    y = 1.0 - ((lo - (r * c) / (2.0 - c)) - hi)
+    scaled = y * _double_bits((np.int64(k) + np.int64(1023)) << np.int64(52))
+    return scaled if x >= -708.0 else 0.0
+
+
 @_inlined
 def _sigmoid(x):  # pragma: no cover - compiled
     return np.float32(1.0) / (np.float32(1.0) + _exp(-x))
@@ -472,7 +504,7 @@ def _sample_row(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked):  #
         if x[j] > top:
             top = x[j]
     for j in range(v):
-        x[j] = math.exp(x[j] - top)
+        x[j] = _exp_nonpositive(x[j] - top)
     k = top_k if top_k > 0 else v
     if k < v or top_p < 1.0 or min_p > 0.0:
         _descending(x, v, ranked)
