@@ -363,3 +363,19 @@ def test_compiled_code_is_kept_where_it_can_be_written(tmp_path):
     assert run([str(tmp_path / "unwritable"), package]) == f"True {tmp_path / 'charrnn-numba-cache'}"
     assert run([str(tmp_path)]) == "True None"  # beside the package
     assert run([str(tmp_path), package]) == "False None"
+
+
+def test_the_samplers_exp_is_within_one_ulp_and_zero_at_minus_infinity():
+    @fastpath._compiled
+    def exps(a, out):  # pragma: no cover - compiled
+        for i in range(a.shape[0]):
+            out[i] = fastpath._exp_nonpositive(a[i])
+
+    rng = np.random.default_rng(0)
+    a = np.concatenate([-rng.exponential(5, 200_000), -rng.uniform(0, 708, 100_000), [0.0, -1e-300, -708.0]])
+    out = np.empty_like(a)
+    exps(a, out)
+    assert np.abs(out.view(np.int64) - np.exp(a).view(np.int64)).max() <= 1
+    special = np.array([-np.inf, -709.0, -745.0])
+    exps(special, out[:3])
+    assert (out[:3] == 0.0).all()  # below 2^-1022: no subnormal a uniform number could land on
