@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	# torch pinned on its own first: an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# the compiled CPU decoding code, into numba's disk cache (about 30 s, once; as the image build does)
+	$(BIN)/python -c "from app.lm.generate import precompile; precompile()"
 	touch $(STAMP)
 
 serve: $(STAMP)
