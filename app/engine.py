@@ -224,7 +224,8 @@ class _Worker:
         self._batches: dict[tuple[int, torch.dtype], DecodeBatch] = {}  # one per (id(model), dtype) in use
         self._wake = threading.Condition()
         # set when a request arrives that can join: the batch's call of the compiled paths ends at
-        # its next step, so that a long call (generate.TICK_SECONDS) never keeps a newcomer waiting
+        # its next step once it has run generate.JOIN_WAIT_SECONDS, so that a long call
+        # (generate.TICK_SECONDS) never keeps a newcomer waiting longer
         self._interrupt = np.zeros(1, np.int64)
         self._stopping = False
         self._thread: threading.Thread | None = None
