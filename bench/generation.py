@@ -166,12 +166,18 @@ def marginal_seconds(run, n: int, repeats: int, products=None) -> tuple[float, f
     (noise, at tiny n), that repeat's figure is its average step.
 
     With `products` (seconds of a step's matrix products alone, timed when called), also the cost
-    of a step outside its products: each repeat's slope less the products timed right after it,
+    of a step outside its products: each repeat's slope less the products timed just before it,
     the median of those differences. Paired so, the few microseconds outside the products are not
-    lost in the machine's drift between two figures of ~100 us taken at different times."""
+    lost in the machine's drift between two figures of ~100 us taken at different times. An
+    uncounted request follows the products' timing, so that the timed ones start as warm as a
+    server's next request does (after 50 ms of other work, the default model's 1.3 ms request
+    took 3-4 ms)."""
     run(n)  # uncounted: the first request of a model and dtype builds its weights and loads code
-    slopes, fixed, requests, outside = [], [], [], []
+    slopes, fixed, requests, products_s, outside = [], [], [], 0.0, []
     for _ in range(repeats):
+        if products is not None:
+            products_s = products()
+            run(n)
         t = time.perf_counter()
         short = run(n)
         t_short = time.perf_counter() - t
@@ -186,7 +192,7 @@ def marginal_seconds(run, n: int, repeats: int, products=None) -> tuple[float, f
             slope = t_long / max(long, 1)
         slopes.append(slope)
         if products is not None:
-            outside.append(slope - products())
+            outside.append(slope - products_s)
     return (
         statistics.median(slopes),
         statistics.median(fixed) if fixed else 0.0,
