@@ -323,7 +323,7 @@ class _Worker:
         stepped = steps = 0
         # many characters per call (the CPU's compiled paths; see DecodeBatch.step): a call ends
         # where a row reaches its length (so that a request still waiting for room joins then), or
-        # at the next step when a request arrives that can join (submit sets the interrupt)
+        # when a request arrives that can join (submit sets the interrupt; see generate.JOIN_WAIT_SECONDS)
         for key, batch in list(self._batches.items()):
             batch.step(MAX_STEPS_PER_TICK)
             stepped += batch.sampled

@@ -104,7 +104,7 @@ def step_costs(
     """Microseconds per generated character with each sampler option beside plain greedy decoding,
     on one stream (the same steps, so the difference is the option's own per-step cost), and what
     each costs outside the step's matrix products (each repeat's step less the products timed alone
-    on the compiled path right after it: marginal_seconds).
+    on the compiled path just before it: marginal_seconds).
     A character's cost is the slope between requests of new_chars and twice that (marginal_seconds),
     a request's fixed cost reported beside it. Regex, log-probabilities and penalties take torch's
     one-step path (Python per character)."""
@@ -150,7 +150,7 @@ def step_costs(
         out[name + "_us_per_char"] = round(per_step * 1e6, 2)
     plain = out["greedy_us_per_char"]
     out["decode_dtype"] = str(dtype).removeprefix("torch.")
-    out["matrix_products_us_per_step"] = round(products_seconds(model, dtype, repeats) * 1e6, 2)
+    out["matrix_products_us_per_step"] = round(products_seconds(products_alone, repeats) * 1e6, 2)
     per_char = {k.removesuffix("_us_per_char"): v for k, v in out.items() if k.endswith("_us_per_char")}
     out["extra_us_over_greedy"] = {k: round(v - plain, 2) for k, v in per_char.items()}
     out["outside_products_us_per_char"] = {k: round(v * 1e6, 2) for k, v in outside.items()}
@@ -207,9 +207,8 @@ def products_timer(model: CharRNN, dtype: torch.dtype):
     return lambda: fastpath.time_steps(model, dtype, 1, n, True)
 
 
-def products_seconds(model: CharRNN, dtype: torch.dtype, repeats: int) -> float:
-    """The compiled path's matrix products of one one-row step, alone (median of `repeats`)."""
-    timed = products_timer(model, dtype)
+def products_seconds(timed, repeats: int) -> float:
+    """The compiled path's matrix products of one one-row step, alone (median of `repeats` of a products_timer)."""
     return statistics.median(timed() for _ in range(repeats))
 
 
@@ -252,8 +251,8 @@ def at_the_limit(model: CharRNN, vocab: Vocab, prefix: str, dtypes, new_chars: i
     rows = []
     for dtype in dtypes:
         bound = one_row_bound(model, dtype, repeats)
-        products = products_seconds(model, dtype, repeats)
         products_alone = products_timer(model, dtype)
+        products = products_seconds(products_alone, repeats)
         row: dict = {
             "decode_dtype": str(dtype).removeprefix("torch."),
             "bound_us_per_step": round(bound["bound_s"] * 1e6, 2),

@@ -671,9 +671,12 @@ class Chunk:
     out: np.ndarray  # (B, K) int64: the sampled ids
     unk: int  # the id never sampled
     # once another thread sets interrupt[0], the call ends before its next step, if it has taken
-    # interrupt_after (>= 1) steps (else when it has)
+    # interrupt_after steps (else when it has); at least one, so that every call makes progress
     interrupt: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(1, np.int64))
     interrupt_after: int = 1
+
+    def __post_init__(self) -> None:
+        self.interrupt_after = max(1, self.interrupt_after)
 
     def args(self) -> tuple:
         """The fields both CPU paths' samplers take (not `interrupt`, which each path reads itself)."""
@@ -692,7 +695,7 @@ def decode_chunk(fw: FastWeights, state: np.ndarray, logits: np.ndarray, chunk: 
     """The steps of `chunk` in compiled code. state (R, B, H) and logits (B, V) are updated in
     place (a finished row's are left stale). Returns the steps taken: fewer than out.shape[1]
     where every row ended, or chunk.interrupt ended the call."""
-    return int(_decode_chunk(*fw.args(), state, logits, *chunk.args(), chunk.interrupt, max(1, chunk.interrupt_after)))
+    return int(_decode_chunk(*fw.args(), state, logits, *chunk.args(), chunk.interrupt, chunk.interrupt_after))
 
 
 def warm(model: CharRNN, dtype: torch.dtype) -> None:

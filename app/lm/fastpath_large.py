@@ -152,7 +152,7 @@ def decode_chunk(model, dtype: torch.dtype, state: torch.Tensor, logits: torch.T
     steps = 0
     chosen = chunk.args()
     for t in range(chunk.out.shape[1]):
-        if t >= max(1, chunk.interrupt_after) and chunk.interrupt[0]:  # set by another thread (a request arrived)
+        if t >= chunk.interrupt_after and chunk.interrupt[0]:  # set by another thread (a request arrived)
             break
         n = fastpath._choose(t, logits_np, *chosen, ids, rows, x, ranked)
         if n < 0:

@@ -171,8 +171,8 @@ class DecodeBatch:
         log-probabilities) on the CPU's compiled paths, up to max_steps characters per row in one
         call (about TICK_SECONDS of work), and no more than the first row to reach its length
         needs. A row that just joined ends the call at its first character, so that it streams at
-        once; `interrupt` ends it at the next step. While a long prefix is being read, one step per
-        call between its chunks."""
+        once; `interrupt` ends it at the next step once it has run JOIN_WAIT_SECONDS. While a long
+        prefix is being read, one step per call between its chunks."""
         self.sampled = self.steps = 0
         if self._prefilling:
             self._prefill_chunk()

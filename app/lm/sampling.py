@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -261,20 +261,10 @@ class RowParams:
         )
 
     def take(self, rows) -> RowParams:
-        return RowParams(
-            self.temperature[rows], self.top_k[rows], self.top_p[rows], self.min_p[rows], self.special[rows],
-            self.stops[rows],
-        )  # fmt: skip
+        return RowParams(*(getattr(self, f.name)[rows] for f in fields(self)))
 
     def __add__(self, other: RowParams) -> RowParams:
-        return RowParams(
-            np.concatenate((self.temperature, other.temperature)),
-            np.concatenate((self.top_k, other.top_k)),
-            np.concatenate((self.top_p, other.top_p)),
-            np.concatenate((self.min_p, other.min_p)),
-            np.concatenate((self.special, other.special)),
-            np.concatenate((self.stops, other.stops)),
-        )
+        return RowParams(*(np.concatenate((getattr(self, f.name), getattr(other, f.name))) for f in fields(self)))
 
 
 def sample_next(logits: torch.Tensor, seqs: list[Sequence], params: RowParams | None = None) -> list[int]:
