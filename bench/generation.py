@@ -1,8 +1,17 @@
-"""Tutorial sampler (baseline) vs the service's decoder, on the same weights; prints one JSON object."""
+"""Tutorial sampler (baseline) vs the service's decoder, on the same weights; prints one JSON object.
+
+`--device cuda` runs every figure on the GPU (the tutorial's sampler there too, as the tutorial
+does where CUDA is present; the service over HTTP with CHARRNN_DEVICE=cuda): the "compiled" path
+is then a step replayed as a CUDA graph (app/lm/cuda_graphs.py), the reference torch's step
+kernel by kernel, and the bound the step's products alone, replayed as one graph (or eagerly,
+whichever is faster). The CPU's compiled-code figures (products inside a call, the cost outside
+them) are CPU-only and left out there.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import statistics
@@ -18,6 +27,7 @@ from torch import nn
 from app.devserver import Server
 from app.lm import default, fastpath
 from app.lm.constraint import compile_regex
+from app.lm.device import resolve_device
 from app.lm.generate import generate
 from app.lm.model import CharRNN, ModelConfig
 from app.lm.sampling import SamplingParams
@@ -41,9 +51,9 @@ def tutorial_sample(model: CharRNN, vocab: Vocab, out_len: int, start: str) -> s
             features = np.zeros((1, ids.shape[1], dict_size), dtype=np.float32)
             for u in range(ids.shape[1]):
                 features[0, u, ids[0, u]] = 1
-            x = torch.from_numpy(features)
+            x = torch.from_numpy(features).to(model.fc.weight.device)
         else:
-            x = model.embed(torch.from_numpy(ids))
+            x = model.embed(torch.from_numpy(ids).to(model.fc.weight.device))
         hidden = model.init_state(1)
         if model.config.cell == "lstm":
             h, c = hidden.chunk(2)
@@ -56,6 +66,10 @@ def tutorial_sample(model: CharRNN, vocab: Vocab, out_len: int, start: str) -> s
         char_ind = torch.max(prob, dim=0)[1].item()
         chars.append(vocab.id_to_char(char_ind))
     return "".join(chars)
+
+
+def gpu_model(device: torch.device) -> str | None:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 
 
 def cpu_model() -> str:
@@ -138,7 +152,7 @@ def step_costs(
     }
     out: dict = {"pattern": pattern, "new_chars": new_chars}
     fixed, outside = {}, {}
-    products_alone = products_timer(model, dtype)
+    products_alone = products_timer(model, dtype) if fastpath.supports(model, dtype) else None
     for name, (params, constraint) in cases.items():
 
         def run(n: int, params=params, constraint=constraint) -> int:
@@ -150,10 +164,11 @@ def step_costs(
         out[name + "_us_per_char"] = round(per_step * 1e6, 2)
     plain = out["greedy_us_per_char"]
     out["decode_dtype"] = str(dtype).removeprefix("torch.")
-    out["matrix_products_us_per_step"] = round(products_seconds(products_alone, repeats) * 1e6, 2)
     per_char = {k.removesuffix("_us_per_char"): v for k, v in out.items() if k.endswith("_us_per_char")}
     out["extra_us_over_greedy"] = {k: round(v - plain, 2) for k, v in per_char.items()}
-    out["outside_products_us_per_char"] = {k: round(v * 1e6, 2) for k, v in outside.items()}
+    if products_alone is not None:  # the CPU's compiled path: its products can be timed alone
+        out["matrix_products_us_per_step"] = round(products_seconds(products_alone, repeats) * 1e6, 2)
+        out["outside_products_us_per_char"] = {k: round(v * 1e6, 2) for k, v in outside.items()}
     out["per_request_ms"] = {k: round(v * 1e3, 2) for k, v in fixed.items()}
     return out
 
@@ -215,20 +230,37 @@ def products_seconds(timed, repeats: int) -> float:
 def one_row_bound(model: CharRNN, dtype: torch.dtype, repeats: int) -> dict:
     """The weight-reading bound of one step: the model's decode matrices (same shapes, same bytes,
     `dtype`; the output layer in float32), each multiplied by one row in turn, by torch and by NumPy
-    (float32 only: NumPy has no bfloat16); the faster of the two, median of `repeats`."""
-    shapes = fastpath.fast_weights(model, dtype).matrix_shapes
+    (float32 only: NumPy has no bfloat16); the faster of the two, median of `repeats`. On a GPU,
+    torch's products launched one by one and replayed as one CUDA graph (there a step's few MB
+    are read in well under a microsecond: launching the products is the bound)."""
+    device = model.fc.weight.device
+    on_cpu = model if device.type == "cpu" else copy.deepcopy(model).cpu()
+    shapes = fastpath.fast_weights(on_cpu, dtype).matrix_shapes
     gen = torch.Generator().manual_seed(0)
     mats = [torch.randn(k, n, generator=gen) for k, n in shapes]
-    mats = [m.to(dtype) if i < len(mats) - 1 else m for i, m in enumerate(mats)]
-    rows = [torch.randn(1, m.shape[0], generator=gen).to(m.dtype) for m in mats]
+    mats = [(m.to(dtype) if i < len(mats) - 1 else m).to(device) for i, m in enumerate(mats)]
+    rows = [torch.randn(1, m.shape[0], generator=gen).to(m.dtype).to(device) for m in mats]
 
     def timed(fn) -> float:
         fn()
-        n = max(20, int(0.05 / max(_once(fn), 1e-7)))
-        return statistics.median(_once(fn, n) for _ in range(repeats))
+        n = max(20, int(0.05 / max(_once(fn, device), 1e-7)))
+        return statistics.median(_once(fn, device, n) for _ in range(repeats))
 
-    out = {"torch_s": timed(lambda: [torch.mm(x, m) for x, m in zip(rows, mats, strict=True)])}
-    if dtype == torch.float32:
+    def products() -> list[torch.Tensor]:
+        return [torch.mm(x, m) for x, m in zip(rows, mats, strict=True)]
+
+    out = {"torch_s": timed(products)}
+    if device.type == "cuda":
+        side = torch.cuda.Stream(device)  # torch's advice: warm up on a side stream, then record
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            products()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            products()
+        out["cuda_graph_s"] = timed(graph.replay)
+    elif dtype == torch.float32:
         np_mats, np_rows = [m.numpy() for m in mats], [x.numpy() for x in rows]
         out["numpy_s"] = timed(lambda: [x @ m for x, m in zip(np_rows, np_mats, strict=True)])
     out["bound_s"] = min(out.values())
@@ -236,10 +268,13 @@ def one_row_bound(model: CharRNN, dtype: torch.dtype, repeats: int) -> dict:
     return out
 
 
-def _once(fn, n: int = 1) -> float:
+def _once(fn, device: torch.device, n: int = 1) -> float:
+    """Seconds per call of fn over n calls (on a GPU, until its work is done)."""
     t = time.perf_counter()
     for _ in range(n):
         fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return (time.perf_counter() - t) / n
 
 
@@ -247,19 +282,22 @@ def at_the_limit(model: CharRNN, vocab: Vocab, prefix: str, dtypes, new_chars: i
     """One stream, in-process: chars/s of the compiled path (greedy and T=0.8) beside torch's
     one-step reference path (whole requests of new_chars), the time of a step (marginal_seconds)
     split into matrix products and everything else, and the fraction of the weight-reading bound
-    reached (bound time / step time)."""
+    reached (bound time / step time). On a GPU the compiled path is the step replayed as a CUDA
+    graph, the reference torch's kernels launched one by one; the products are not timed apart."""
     rows = []
     for dtype in dtypes:
         bound = one_row_bound(model, dtype, repeats)
-        products_alone = products_timer(model, dtype)
-        products = products_seconds(products_alone, repeats)
+        products_alone = products_timer(model, dtype) if fastpath.supports(model, dtype) else None
         row: dict = {
             "decode_dtype": str(dtype).removeprefix("torch."),
             "bound_us_per_step": round(bound["bound_s"] * 1e6, 2),
             "bound_torch_us": round(bound["torch_s"] * 1e6, 2),
             "bound_numpy_us": round(bound["numpy_s"] * 1e6, 2) if "numpy_s" in bound else None,
+            "bound_cuda_graph_us": round(bound["cuda_graph_s"] * 1e6, 2) if "cuda_graph_s" in bound else None,
             "weight_bytes_per_step": bound["weight_bytes"],
-            "matrix_products_us_per_step": round(products * 1e6, 2),
+            "matrix_products_us_per_step": (
+                round(products_seconds(products_alone, repeats) * 1e6, 2) if products_alone is not None else None
+            ),
         }
         for label, temperature in (("greedy", 0.0), ("t0.8", 0.8)):
 
@@ -283,10 +321,10 @@ def at_the_limit(model: CharRNN, vocab: Vocab, prefix: str, dtypes, new_chars: i
     return rows
 
 
-def http_default_model(store: str, new_chars: int, repeats: int) -> float:
+def http_default_model(store: str, new_chars: int, repeats: int, device: str) -> float:
     """Greedy chars/s of one request over HTTP on the default model (trained by the first server
     on `store`, loaded by the next)."""
-    with Server(store) as server, httpx.Client(timeout=120) as client:
+    with Server(store, env={"CHARRNN_DEVICE": device}) as server, httpx.Client(timeout=120) as client:
         body = {"prefix": "good", "max_new_chars": new_chars}
         return new_chars / completion_seconds(client, server.url, body, repeats)
 
@@ -305,12 +343,13 @@ def completion_seconds(client: httpx.Client, url: str, body: dict, repeats: int)
 
 def http_lstm(model: CharRNN, vocab: Vocab, prefix: str, new_chars: int, repeats: int) -> dict:
     """One 1000-character request over HTTP on the 2x256 LSTM (decode precision auto), beside the
-    same completion in-process on the same precision."""
+    same completion in-process on the same precision (the server on the model's device)."""
+    device = model.fc.weight.device
     with tempfile.TemporaryDirectory() as store, httpx.Client(timeout=300) as client:
         models = ModelStore(store)
-        models.save("lstm", model, vocab)
+        models.save("lstm", copy.deepcopy(model).cpu(), vocab)
         models.set_active("lstm")
-        with Server(store) as server:
+        with Server(store, env={"CHARRNN_DEVICE": str(device)}) as server:
             dtype = client.get(server.url + "/health").json()["decode_dtype"]
             body = {"prefix": prefix, "max_new_chars": new_chars, "temperature": 0.8, "seed": 1}
             seconds = completion_seconds(client, server.url, body, repeats)
@@ -342,7 +381,7 @@ def first_event_seconds(client: httpx.Client, url: str, body: dict) -> float:
     return first
 
 
-def http_prefix_cache(store: str, prefix_chars: int, repeats: int) -> dict:
+def http_prefix_cache(store: str, prefix_chars: int, repeats: int, device: str) -> dict:
     """Time to the first streamed character for a long prefix: sent once (read whole), then again
     (resumed from the prefix cache), with the cache on and off, on the default model over HTTP."""
     rng = np.random.default_rng(0)
@@ -351,7 +390,7 @@ def http_prefix_cache(store: str, prefix_chars: int, repeats: int) -> dict:
     for setting, label in (("64000000", "cache_on"), ("0", "cache_off")):
         firsts, seconds = [], []
         with (
-            Server(store, env={"CHARRNN_PREFIX_CACHE_BYTES": setting}) as server,
+            Server(store, env={"CHARRNN_PREFIX_CACHE_BYTES": setting, "CHARRNN_DEVICE": device}) as server,
             httpx.Client(timeout=300) as client,
         ):
             for _k in range(repeats):
@@ -373,15 +412,17 @@ def main() -> None:
     parser.add_argument("--lengths", default="200,2000")
     parser.add_argument("--repeats", type=int, default=5, help="every figure is the median of this many runs")
     parser.add_argument("--prefix-chars", type=int, default=50_000, help="long prefix for the prefix-cache figure")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where every figure runs")
+    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpora" / "shakespeare_train.txt")
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
+    device = resolve_device(args.device)
 
     trained = train_on_text(sentences=default.SENTENCES, config=default.TRAIN_CONFIG, **default.MODEL_KWARGS)
-    tiny, tiny_vocab = trained.model, trained.vocab
-    corpus = (ROOT.parent / "shared" / "corpora" / "shakespeare_train.txt").read_text()
-    vocab = Vocab.from_text(corpus)
+    tiny, tiny_vocab = trained.model.to(device), trained.vocab
+    vocab = Vocab.from_text(args.corpus.read_text())
     lstm_cfg = ModelConfig(vocab_size=vocab.size, cell="lstm", hidden_size=256, num_layers=2, encoding="embedding")
-    lstm = build_model(lstm_cfg, seed=0).eval()
+    lstm = build_model(lstm_cfg, seed=0).eval().to(device)
 
     default_rows = compare(tiny, tiny_vocab, "good", lengths, args.repeats)
     lstm_rows = compare(lstm, vocab, "ROMEO:\n", lengths, args.repeats)
@@ -404,19 +445,22 @@ def main() -> None:
     }
     lstm_http = http_lstm(lstm, vocab, "ROMEO:\n", 1000, args.repeats)
     with tempfile.TemporaryDirectory() as store:  # the default model's, trained once
-        http = http_default_model(store, http_len, args.repeats)
-        prefix_cache = http_prefix_cache(store, args.prefix_chars, args.repeats)
+        http = http_default_model(store, http_len, args.repeats, str(device))
+        prefix_cache = http_prefix_cache(store, args.prefix_chars, args.repeats, str(device))
     tutorial_same_len = next(r for r in default_rows if r["new_chars"] == http_len)["baseline_tutorial_chars_per_s"]
     print(
         json.dumps(
             {
                 "bench": "generation",
                 "cpu": cpu_model(),
+                "device": str(device),
+                "gpu": gpu_model(device),
                 "settings": {
                     "greedy": True,
                     "repeats_median_of": args.repeats,
                     "torch_threads": torch.get_num_threads(),
-                    "baseline": "tutorial sample(): whole text re-run per character (O(n^2))",
+                    "baseline": "tutorial sample(): whole text re-run per character (O(n^2)), on the device",
+                    "compiled_path": "CUDA graph per step" if device.type == "cuda" else "numba (app/lm/fastpath.py)",
                     "lstm": lstm_cfg.to_json() | {"weights": "untrained, seed 0 (speed only)"},
                 },
                 "default_model": default_rows,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from app.devserver import Server
+from app.lm.device import resolve_device
 from app.lm.model import ModelConfig
 from app.lm.store import ModelStore
 from app.lm.train import build_model
@@ -58,15 +59,21 @@ def build_store(store: Path, corpus: Path) -> ModelConfig:
     return cfg
 
 
-def matmul_flops_per_s(size: int = 1024, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
-    """Median rate of size x size @ size x size in `dtype`, with torch's default threads."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def matmul_flops_per_s(
+    size: int = 1024, repeats: int = 10, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> float:
+    """Median rate of size x size @ size x size in `dtype`, with torch's default threads (on a GPU,
+    each product waited for)."""
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
     for _ in range(3):
         a @ b
     times = []
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - t)
     return 2 * size**3 / statistics.median(times)
 
@@ -246,7 +253,12 @@ def serve_mode(
     probes: bool = True,
 ) -> tuple[list, dict]:
     """One server: probes (batching on only), then every client count. Returns load rows and probe results."""
-    env = {**SERVER_ENV, "CHARRNN_BATCHING": "true" if batching else "false", "CHARRNN_DECODE_PRECISION": precision}
+    env = {
+        **SERVER_ENV,
+        "CHARRNN_DEVICE": args.device,
+        "CHARRNN_BATCHING": "true" if batching else "false",
+        "CHARRNN_DECODE_PRECISION": precision,
+    }
     found: dict = {}
     with Server(store, env=env) as server:
         warm_up(server.url)
@@ -293,6 +305,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--precision", default="auto", choices=["auto", "fp32", "bf16"], help="CHARRNN_DECODE_PRECISION"
     )
+    parser.add_argument("--device", default="cpu", help="the servers' CHARRNN_DEVICE: cpu, cuda or cuda:N")
     parser.add_argument("--quick", action="store_true", help="smoke run of about 20 s")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
@@ -308,8 +321,10 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args()
     started = time.perf_counter()
-    matmul = matmul_flops_per_s(repeats=args.matmul_repeats)
-    matmul_bf16 = matmul_flops_per_s(repeats=args.matmul_repeats, dtype=torch.bfloat16)
+    device = resolve_device(args.device)
+    size = 4096 if device.type == "cuda" else 1024  # a GPU needs a larger product to reach its rate
+    matmul = matmul_flops_per_s(size, args.matmul_repeats, device=str(device))
+    matmul_bf16 = matmul_flops_per_s(size, args.matmul_repeats, torch.bfloat16, str(device))
     seeds = itertools.count(1000)
     top = [max(args.clients)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -329,7 +344,9 @@ def main() -> None:
             "model": cfg.to_json() | {"name": MODEL_NAME, "weights": "untrained, build_model seed 0 (speed only)"},
             "flops_per_char": cfg.flops_per_char(),
             "matmul_gflop_per_s": round(matmul / 1e9, 2),
-            "matmul": f"float32 1024x1024 @ 1024x1024, median of {args.matmul_repeats}",
+            "matmul": f"float32 {size}x{size} @ {size}x{size} on {device}, median of {args.matmul_repeats}",
+            "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "roofline_chars_per_s": round(roofline, 1),
             "seconds": args.seconds,
             "warmup_seconds": args.warmup,
