@@ -407,6 +407,9 @@ def http_prefix_cache(store: str, prefix_chars: int, repeats: int, device: str) 
     return out
 
 
+PARTS = ("tutorial", "limit", "costs", "http")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lengths", default="200,2000")
@@ -414,7 +417,13 @@ def main() -> None:
     parser.add_argument("--prefix-chars", type=int, default=50_000, help="long prefix for the prefix-cache figure")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where every figure runs")
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpora" / "shakespeare_train.txt")
+    parser.add_argument(
+        "--only", default=",".join(PARTS), help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)"
+    )
     args = parser.parse_args()
+    only = set(args.only.split(","))
+    if not only <= set(PARTS):
+        parser.error(f"--only: unknown part(s) {', '.join(sorted(only - set(PARTS)))}")
     lengths = [int(x) for x in args.lengths.split(",")]
     device = resolve_device(args.device)
 
@@ -424,30 +433,43 @@ def main() -> None:
     lstm_cfg = ModelConfig(vocab_size=vocab.size, cell="lstm", hidden_size=256, num_layers=2, encoding="embedding")
     lstm = build_model(lstm_cfg, seed=0).eval().to(device)
 
-    default_rows = compare(tiny, tiny_vocab, "good", lengths, args.repeats)
-    lstm_rows = compare(lstm, vocab, "ROMEO:\n", lengths, args.repeats)
+    results: dict = {}
     http_len = max(lengths)
-    limit = {
-        "default_model": at_the_limit(tiny, tiny_vocab, "good", [torch.float32], http_len, args.repeats),
-        "lstm_2x256_embedding": at_the_limit(
-            lstm, vocab, "ROMEO:\n", [torch.float32, torch.bfloat16], http_len, args.repeats
-        ),
-    }
-    lstm_pattern = "([A-Za-z]+[ ,.;:!?'\n-]*)+"
-    costs = {
-        "default_model": step_costs(tiny, tiny_vocab, "good", "[a-z ]+", http_len, args.repeats, torch.float32),
-        "lstm_2x256_embedding_fp32": step_costs(
-            lstm, vocab, "ROMEO:\n", lstm_pattern, http_len, args.repeats, torch.float32
-        ),
-        "lstm_2x256_embedding_bf16": step_costs(
-            lstm, vocab, "ROMEO:\n", lstm_pattern, http_len, args.repeats, torch.bfloat16
-        ),
-    }
-    lstm_http = http_lstm(lstm, vocab, "ROMEO:\n", 1000, args.repeats)
-    with tempfile.TemporaryDirectory() as store:  # the default model's, trained once
-        http = http_default_model(store, http_len, args.repeats, str(device))
-        prefix_cache = http_prefix_cache(store, args.prefix_chars, args.repeats, str(device))
-    tutorial_same_len = next(r for r in default_rows if r["new_chars"] == http_len)["baseline_tutorial_chars_per_s"]
+    if "tutorial" in only:
+        results["default_model"] = compare(tiny, tiny_vocab, "good", lengths, args.repeats)
+        results["lstm_2x256_embedding"] = compare(lstm, vocab, "ROMEO:\n", lengths, args.repeats)
+    if "limit" in only:
+        results["one_stream_at_the_limit"] = {
+            "default_model": at_the_limit(tiny, tiny_vocab, "good", [torch.float32], http_len, args.repeats),
+            "lstm_2x256_embedding": at_the_limit(
+                lstm, vocab, "ROMEO:\n", [torch.float32, torch.bfloat16], http_len, args.repeats
+            ),
+        }
+    if "costs" in only:
+        lstm_pattern = "([A-Za-z]+[ ,.;:!?'\n-]*)+"
+        results["sampler_step_costs"] = {
+            "default_model": step_costs(tiny, tiny_vocab, "good", "[a-z ]+", http_len, args.repeats, torch.float32),
+            "lstm_2x256_embedding_fp32": step_costs(
+                lstm, vocab, "ROMEO:\n", lstm_pattern, http_len, args.repeats, torch.float32
+            ),
+            "lstm_2x256_embedding_bf16": step_costs(
+                lstm, vocab, "ROMEO:\n", lstm_pattern, http_len, args.repeats, torch.bfloat16
+            ),
+        }
+    if "http" in only:
+        results["lstm_2x256_http_one_request"] = http_lstm(lstm, vocab, "ROMEO:\n", 1000, args.repeats)
+        with tempfile.TemporaryDirectory() as store:  # the default model's, trained once
+            http = http_default_model(store, http_len, args.repeats, str(device))
+            results["prefix_cache_time_to_first_char"] = http_prefix_cache(
+                store, args.prefix_chars, args.repeats, str(device)
+            )
+        results["default_model_http"] = {"new_chars": http_len, "http_chars_per_s": round(http, 1)}
+        if "default_model" in results:  # the tutorial's figure from the same run
+            tutorial = next(r for r in results["default_model"] if r["new_chars"] == http_len)
+            results["default_model_http"]["tutorial_chars_per_s"] = tutorial["baseline_tutorial_chars_per_s"]
+            results["default_model_http"]["ratio_vs_tutorial"] = round(
+                http / tutorial["baseline_tutorial_chars_per_s"], 1
+            )
     print(
         json.dumps(
             {
@@ -462,19 +484,9 @@ def main() -> None:
                     "baseline": "tutorial sample(): whole text re-run per character (O(n^2)), on the device",
                     "compiled_path": "CUDA graph per step" if device.type == "cuda" else "numba (app/lm/fastpath.py)",
                     "lstm": lstm_cfg.to_json() | {"weights": "untrained, seed 0 (speed only)"},
+                    "parts": sorted(only),
                 },
-                "default_model": default_rows,
-                "lstm_2x256_embedding": lstm_rows,
-                "one_stream_at_the_limit": limit,
-                "sampler_step_costs": costs,
-                "lstm_2x256_http_one_request": lstm_http,
-                "prefix_cache_time_to_first_char": prefix_cache,
-                "default_model_http": {
-                    "new_chars": http_len,
-                    "http_chars_per_s": round(http, 1),
-                    "tutorial_chars_per_s": tutorial_same_len,
-                    "ratio_vs_tutorial": round(http / tutorial_same_len, 1),
-                },
+                **results,
             },
             indent=2,
         )
