@@ -83,7 +83,7 @@ class _Graph:
 @dataclass
 class _Graphs:
     by_size: dict[int, _Graph] = field(default_factory=dict)
-    chunks: dict[tuple[int, int, str], _ChunkGraph] = field(default_factory=dict)  # (rows, steps, sampler)
+    chunks: dict[tuple[int, int, str, int], _ChunkGraph] = field(default_factory=dict)  # (rows, steps, sampler, unk)
     pool: Any = None  # one memory pool shared by a model's graphs
     failed: bool = False  # recording failed once: eager from then on
 
