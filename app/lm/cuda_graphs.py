@@ -5,11 +5,12 @@ layer, the cell's pointwise work, the output layer), each launched from Python; 
 launches, not the arithmetic, set the pace. torch.cuda.CUDAGraph records the kernels once, with
 their inputs and outputs in fixed buffers, and replays them with one call:
 
-- decode_chunk: several steps with the sampling inside (decode_steps), for rows that decode
-  plainly (greedy, temperature, top-k, top-p, min-p): the GPU's counterpart of the CPU's compiled
-  paths, which it takes the same fastpath.Chunk as. Each row's random numbers are drawn on the
-  host from its own stream, as for the CPU, and the sampler is theirs (sampling._draw) in float64,
-  so a seed chooses as it does on the CPU (but for rounding). One copy to the host per call.
+- decode_chunk: up to MAX_STEPS steps with the sampling inside (decode_steps), for rows that
+  decode plainly (greedy, temperature, top-k, top-p, min-p): the GPU's counterpart of the CPU's
+  compiled paths, taking the same fastpath.Chunk. Each row's random numbers are drawn on the host
+  from its own stream, as for the CPU, and the sampler is the CPU's (sampling._draw) written in
+  torch, in float64, so a seed chooses as it does on the CPU but for rounding. One copy to the
+  host per call; a call (a few milliseconds) is never interrupted.
 - step: one step (decode.step), for batches with rows that need the host between steps (a regex,
   penalties, logit bias, log-probabilities).
 
@@ -29,6 +30,7 @@ eagerly, in the same blocks, and a warning says why once.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +88,9 @@ class _Graphs:
     chunks: dict[tuple[int, int, str, int], _ChunkGraph] = field(default_factory=dict)  # (rows, steps, sampler, unk)
     pool: Any = None  # one memory pool shared by a model's graphs
     failed: bool = False  # recording failed once: eager from then on
+    # decode workers share a model (CHARRNN_DECODE_WORKERS > 1): one at a time records a graph or
+    # fills its buffers, replays it and reads its results (the GPU runs one stream anyway)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def supported(model: CharRNN) -> bool:
@@ -102,18 +107,19 @@ def step(
     size = bucket(rows)
     if graphs.failed or not state.is_cuda:  # off a GPU (tests): the same blocks, eagerly
         return _eager(model, ids, state, size, dtype)
-    g = graphs.by_size.get(size)
-    if g is None:
-        try:
-            with torch.cuda.device(state.device):  # record on the model's own GPU (cuda:N)
-                g = graphs.by_size[size] = _record(model, state, size, dtype, graphs)
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:  # torch reports CUDA failures as RuntimeError
-            _failed(graphs, e)
-            return _eager(model, ids, state, size, dtype)
-    g.ids[:rows].copy_(ids)
-    g.state[:, :rows].copy_(state)
-    g.graph.replay()
-    return g.logits[:rows].clone(), g.new_state[:, :rows].clone()
+    with graphs.lock:
+        g = graphs.by_size.get(size)
+        if g is None:
+            try:
+                with torch.cuda.device(state.device):  # record on the model's own GPU (cuda:N)
+                    g = graphs.by_size[size] = _record(model, state, size, dtype, graphs)
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as e:  # torch reports CUDA failures as RuntimeError
+                _failed(graphs, e)
+                return _eager(model, ids, state, size, dtype)
+        g.ids[:rows].copy_(ids)
+        g.state[:, :rows].copy_(state)
+        g.graph.replay()
+        return g.logits[:rows].clone(), g.new_state[:, :rows].clone()
 
 
 def _graphs(model: CharRNN, dtype: torch.dtype) -> _Graphs:
@@ -280,26 +286,27 @@ def decode_chunk(model: CharRNN, dtype: torch.dtype, state: torch.Tensor, logits
     graphs = _graphs(model, dtype)
     size = bucket(rows)
     key = (size, steps, how, chunk.unk)
-    g = graphs.chunks.get(key)
-    if g is None:
-        g = graphs.chunks[key] = _ChunkGraph(
-            torch.zeros(size, 2 * steps + 5, dtype=torch.float64, device=state.device),
-            torch.zeros(size, logits.shape[1], device=state.device),
-            torch.zeros(state.shape[0], size, state.shape[2], device=state.device),
-        )
-        if state.is_cuda and not graphs.failed:
-            try:
-                with torch.cuda.device(state.device):
-                    _record_chunk(model, dtype, g, chunk.unk, how, graphs)
-            except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-                _failed(graphs, e)
-    g.packed[:rows].copy_(torch.from_numpy(_pack(chunk, steps)))
-    g.logits[:rows].copy_(logits)
-    g.state[:, :rows].copy_(state)
-    drawn, new_logits, new_state = g.run(model, dtype, chunk.unk, how)
-    drawn_rows = drawn[:rows].cpu().numpy()  # waits for the steps: the one copy to the host
-    logits.copy_(new_logits[:rows])
-    state.copy_(new_state[:, :rows])
+    with graphs.lock:
+        g = graphs.chunks.get(key)
+        if g is None:
+            g = graphs.chunks[key] = _ChunkGraph(
+                torch.zeros(size, 2 * steps + 5, dtype=torch.float64, device=state.device),
+                torch.zeros(size, logits.shape[1], device=state.device),
+                torch.zeros(state.shape[0], size, state.shape[2], device=state.device),
+            )
+            if state.is_cuda and not graphs.failed:
+                try:
+                    with torch.cuda.device(state.device):
+                        _record_chunk(model, dtype, g, chunk.unk, how, graphs)
+                except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+                    _failed(graphs, e)
+        g.packed[:rows].copy_(torch.from_numpy(_pack(chunk, steps)))
+        g.logits[:rows].copy_(logits)
+        g.state[:, :rows].copy_(state)
+        drawn, new_logits, new_state = g.run(model, dtype, chunk.unk, how)
+        drawn_rows = drawn[:rows].cpu().numpy()  # waits for the steps: the one copy to the host
+        logits.copy_(new_logits[:rows])
+        state.copy_(new_state[:, :rows])
     position = np.arange(steps)[None, :] - chunk.n_forced[:, None]  # (B, K): what each step sampled
     sampled = (position >= 0) & (position < chunk.remaining[:, None])
     r, t = np.nonzero(sampled)

@@ -2,6 +2,7 @@
 The graph tests run only where CUDA is present."""
 
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -259,3 +260,23 @@ def test_calls_on_the_gpu_replay_recorded_graphs_and_choose_what_the_reference_c
     assert not graphs.failed
     assert {how for _, _, how, _ in graphs.chunks} == {"greedy", "filtered", "temperature"}
     assert all(g.graph is not None for g in graphs.chunks.values())
+
+
+def test_decode_workers_sharing_a_model_do_not_share_a_calls_buffers(trained, as_on_a_gpu):
+    """Two threads decoding with one model (CHARRNN_DECODE_WORKERS=2 on a GPU) at once: each
+    call's buffers are filled, replayed and read by one thread at a time."""
+    params = SamplingParams(max_new_chars=200, temperature=1.0)
+    seeds = range(12)
+    alone = {seed: generate(trained.model, trained.vocab, "the ", params, n=2, seed=seed)[1].text for seed in seeds}
+    found: dict[int, str] = {}
+
+    def work(mine):
+        for seed in mine:
+            found[seed] = generate(trained.model, trained.vocab, "the ", params, n=2, seed=seed)[1].text
+
+    threads = [threading.Thread(target=work, args=(list(seeds)[k::2],)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert found == alone
