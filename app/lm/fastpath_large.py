@@ -10,6 +10,9 @@ cell (app/lm/fastpath.py's `_layer_row`, the small path's own maths), the output
 torch.addmm, and one compiled call that samples every row (`_choose`, the small path's sampler).
 Several steps run per call while nobody waits to join, as on the small path.
 
+In bfloat16 the products run on blocks of decode.BF16_BLOCK_ROWS rows (the buffers padded with
+zero rows; decode.bf16_product says why), so that a row's result does not depend on its batch.
+
 A row that ends at a stop string runs on until the call ends (its results unread): a batch's rows
 are independent, and a call is short while a row has stop strings (generate.STOP_TICK_SECONDS);
 a call never runs past the first row to reach its length.
@@ -79,11 +82,15 @@ def _layer(cell, layer, layers, table, bx, bh, ids, state, prod, prod2, inputs, 
 class _Buffers:
     """The products' inputs and outputs for one call, as torch tensors and NumPy views of the same memory."""
 
-    def __init__(self, fw: fastpath.FastWeights, w: decode.DecodeWeights, state: torch.Tensor, dtype: torch.dtype):
+    def __init__(self, model, w: decode.DecodeWeights, state: torch.Tensor, dtype: torch.dtype):
+        fw = fastpath.fast_weights(model, dtype)
         layers, batch, hidden = fw.layers, state.shape[1], state.shape[2]
         gh = fw.table.shape[1]
         gru = fw.cell == fastpath.CELL_CODES["gru"]
         self.dtype = dtype
+        self.model = model
+        if dtype == torch.bfloat16:  # whole blocks of rows (decode.bf16_product); the padding rows stay zero
+            batch = -(-batch // decode.BF16_BLOCK_ROWS) * decode.BF16_BLOCK_ROWS
         # per layer: the matrices multiplied, and where their input rows live
         # (layer 0: its h; deeper: [x h] for one product, or x and h apart for a GRU)
         self.plan: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []  # (input, weight, output)
@@ -98,7 +105,10 @@ class _Buffers:
             elif gru:
                 x_in, h_in = self._tensor(batch, hidden), self._tensor(batch, hidden)
                 self.plan.append(
-                    [(x_in, w.w_ih[k], self._tensor(batch, gh)), (h_in, w.w_hh[k], self._tensor(batch, gh))]
+                    [
+                        (x_in, w.w_ih[k], self._tensor(batch, gh)),
+                        (h_in, w.w_hh[k], self._tensor(batch, gh)),
+                    ]
                 )
             else:
                 h_in = x_in = self._tensor(batch, 2 * hidden)  # [x h]: one product with W_cat
@@ -114,12 +124,18 @@ class _Buffers:
             self.prod.append((outs[0], outs[-1]))
         for k in range(layers):  # each layer's own h (rounded), read by the first step's products
             own = self.inputs[k]
-            own[:, own.shape[1] - hidden :] = self._narrow_all(state[k].numpy())
+            own[: state.shape[1], own.shape[1] - hidden :] = self._narrow_all(state[k].numpy())
         self.a = np.empty(gh, np.float32)
         self.hp = np.zeros(gh, np.float32)
 
+    def multiply(self, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
+        if self.dtype == torch.bfloat16:
+            decode.bf16_product(self.model, x, weight, out)
+        else:
+            torch.mm(x, weight, out=out)
+
     def _tensor(self, *shape: int) -> torch.Tensor:
-        return torch.empty(shape, dtype=self.dtype)
+        return torch.zeros(shape, dtype=self.dtype)  # the padding rows of bf16 blocks stay zero
 
     def _np(self, t: torch.Tensor) -> np.ndarray:
         if t.dtype == torch.bfloat16:
@@ -138,7 +154,7 @@ def decode_chunk(model, dtype: torch.dtype, state: torch.Tensor, logits: torch.T
     and logits."""
     fw = fastpath.fast_weights(model, dtype)
     w = decode.decode_weights(model, dtype)
-    buffers = _Buffers(fw, w, state, dtype)
+    buffers = _Buffers(model, w, state, dtype)
     state_np, logits_np = state.numpy(), logits.numpy()
     batch, vocab = logits.shape
     layers = fw.layers
@@ -162,7 +178,7 @@ def decode_chunk(model, dtype: torch.dtype, state: torch.Tensor, logits: torch.T
             break
         for k in range(layers):
             for inp, weight, prod in buffers.plan[k]:
-                torch.mm(inp, weight, out=prod)
+                buffers.multiply(inp, weight, prod)
             upper = buffers.lower_out[k] if k + 1 < layers else no_upper
             prod1, prod2 = buffers.prod[k]
             _layer(

@@ -146,6 +146,41 @@ def test_the_large_batch_path_steps_like_the_reference(cell, dtype, layers, enco
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_the_large_batch_path_gives_a_row_the_same_numbers_in_any_batch(dtype):
+    """Bit for bit, state and logits, with one torch thread as the service decodes: a bf16 product
+    of 512 inputs by torch.mm rounded a row differently at 33 rows than at 64 (oneDNN picks its
+    kernel by the rows), so bf16 products run on blocks of 64 rows; the output layer as a
+    transposed view rounded 6-10 rows otherwise than more."""
+    cfg = ModelConfig(vocab_size=79, cell="lstm", hidden_size=256, num_layers=2, encoding="embedding")
+    model = build_model(cfg, seed=0).eval()
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(cfg.state_rows, 130, 256, generator=gen) * 0.5
+    ids = torch.randint(1, 79, (130,), generator=gen).numpy()
+    n = 12
+
+    def run(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        state, logits = start[:, :rows].clone(), torch.zeros(rows, 79)
+        chunk = fastpath.Chunk(
+            ids[:rows, None].copy(), np.ones(rows, np.int64), np.zeros(rows), np.zeros(rows, np.int64),
+            np.ones(rows), np.zeros(rows), np.zeros((rows, n)), np.full(rows, n, np.int64),
+            np.zeros((rows, n), np.int64), 0,
+        )  # fmt: skip
+        with torch.inference_mode():
+            assert fastpath_large.decode_chunk(model, dtype, state, logits, chunk) == n
+        return state, logits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        crowd_state, crowd_logits = run(130)
+        for rows in (6, 7, 9, 17, 20, 33, 40, 48, 63, 64, 65, 100):
+            state, logits = run(rows)
+            assert torch.equal(state, crowd_state[:, :rows]) and torch.equal(logits, crowd_logits[:rows]), rows
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", ["greedy", "t0.8_topk5", "t1.2_topp0.9_minp", "stops"])
 def test_the_large_batch_path_chooses_what_the_reference_path_chooses(trained, case, dtype, monkeypatch):
     """Rows of different lengths leave the batch as they finish: it starts on the large-batch path
