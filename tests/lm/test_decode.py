@@ -36,10 +36,12 @@ def test_bfloat16_step_stays_close_to_float32_and_keeps_state_in_float32(cell):
     assert not torch.equal(l16, l32)  # the products did run in bfloat16
 
 
-def test_bfloat16_step_gives_a_row_the_same_result_alone_or_batched():
-    """Exactly the same in any batch of two or more rows (whole blocks of rows: bf16_product; with
-    512 inputs to a product, torch.mm rounded a row among 33 otherwise than among 64), and within
-    float32 rounding alone (one row multiplies in float32)."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_step_gives_a_row_the_same_result_alone_or_batched(dtype):
+    """Exactly the same in any batch of two or more rows (bf16: whole blocks of rows, bf16_product;
+    with 512 inputs to a product, torch.mm rounded a row among 33 otherwise than among 64; the
+    output layer as a transposed view rounded 2-10 rows otherwise), and within float32 rounding
+    alone (one row: a product of another shape)."""
     cfg = ModelConfig(vocab_size=30, cell="lstm", hidden_size=256, num_layers=2, encoding="embedding")
     torch.manual_seed(1)
     model = CharRNN(cfg).eval()
@@ -48,12 +50,12 @@ def test_bfloat16_step_gives_a_row_the_same_result_alone_or_batched():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the service decodes
     try:
-        batched, batched_state = step(model, ids, state, torch.bfloat16)
-        for rows in (2, 17, 33, 40, 64, 65):
-            some, some_state = step(model, ids[:rows], state[:, :rows].contiguous(), torch.bfloat16)
+        batched, batched_state = step(model, ids, state, dtype)
+        for rows in (2, 7, 17, 33, 40, 64, 65):
+            some, some_state = step(model, ids[:rows], state[:, :rows].contiguous(), dtype)
             assert torch.equal(some, batched[:rows]) and torch.equal(some_state, batched_state[:, :rows]), rows
         for row in (0, 17, 63):
-            alone, alone_state = step(model, ids[row : row + 1], state[:, row : row + 1].contiguous(), torch.bfloat16)
+            alone, alone_state = step(model, ids[row : row + 1], state[:, row : row + 1].contiguous(), dtype)
             torch.testing.assert_close(alone[0], batched[row], rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(alone_state[:, 0], batched_state[:, row], rtol=1e-5, atol=1e-5)
     finally:
