@@ -93,46 +93,56 @@ class _Buffers:
             batch = -(-batch // decode.BF16_BLOCK_ROWS) * decode.BF16_BLOCK_ROWS
         # per layer: the matrices multiplied, and where their input rows live
         # (layer 0: its h; deeper: [x h] for one product, or x and h apart for a GRU)
-        self.plan: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []  # (input, weight, output)
+        # (input, weight, output: float32's fixed buffer; bf16_product returns its own)
+        self.plan: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]] = []
         self.inputs: list[np.ndarray] = []  # per layer: the buffer whose last H columns are its own h
         self.lower_out: list[np.ndarray] = []  # per layer >= 1: the buffer whose first H columns are its x
-        self.prod: list[tuple[np.ndarray, np.ndarray]] = []
+        self.prod: list[tuple[np.ndarray, np.ndarray]] = []  # float32: the output buffers, as _layer reads them
         for k in range(layers):
             if k == 0:
                 h_in = self._tensor(batch, hidden)
-                self.plan.append([(h_in, w.w_hh[0], self._tensor(batch, gh))])
+                self.plan.append([(h_in, w.w_hh[0], self._out(batch, gh))])
                 x_in = None
             elif gru:
                 x_in, h_in = self._tensor(batch, hidden), self._tensor(batch, hidden)
                 self.plan.append(
                     [
-                        (x_in, w.w_ih[k], self._tensor(batch, gh)),
-                        (h_in, w.w_hh[k], self._tensor(batch, gh)),
+                        (x_in, w.w_ih[k], self._out(batch, gh)),
+                        (h_in, w.w_hh[k], self._out(batch, gh)),
                     ]
                 )
             else:
                 h_in = x_in = self._tensor(batch, 2 * hidden)  # [x h]: one product with W_cat
                 w_cat = w.w_cat[k]
                 assert w_cat is not None  # None only for layer 0
-                self.plan.append([(x_in, w_cat, self._tensor(batch, gh))])
+                self.plan.append([(x_in, w_cat, self._out(batch, gh))])
             self.inputs.append(self._np(h_in))
             if x_in is not None:
                 self.lower_out.append(self._np(x_in))
             # the summed products, and a GRU's recurrent part apart (its layer 0 has only that one:
             # the input part is a table row); other cells' one sum is both
-            outs = [self._np(out) for _, _, out in self.plan[k]]
-            self.prod.append((outs[0], outs[-1]))
+            outs = [self._np(out) for _, _, out in self.plan[k] if out is not None]
+            if outs:
+                self.prod.append((outs[0], outs[-1]))
         for k in range(layers):  # each layer's own h (rounded), read by the first step's products
             own = self.inputs[k]
             own[: state.shape[1], own.shape[1] - hidden :] = self._narrow_all(state[k].numpy())
         self.a = np.empty(gh, np.float32)
         self.hp = np.zeros(gh, np.float32)
 
-    def multiply(self, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
-        if self.dtype == torch.bfloat16:
-            decode.bf16_product(self.model, x, weight, out)
-        else:
-            torch.mm(x, weight, out=out)
+    def multiply(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Layer k's products from its input buffers: the summed products and a GRU's recurrent
+        part apart (other cells' one sum is both), as _layer reads them. float32: torch.mm into
+        fixed buffers; bf16: decode.bf16_product's own result (a block of rows is not copied)."""
+        if self.dtype == torch.float32:
+            for x, weight, out in self.plan[k]:
+                torch.mm(x, weight, out=out)
+            return self.prod[k]
+        outs = [self._np(decode.bf16_product(self.model, x, weight)) for x, weight, _ in self.plan[k]]
+        return outs[0], outs[-1]
+
+    def _out(self, *shape: int) -> torch.Tensor | None:
+        return self._tensor(*shape) if self.dtype == torch.float32 else None
 
     def _tensor(self, *shape: int) -> torch.Tensor:
         return torch.zeros(shape, dtype=self.dtype)  # the padding rows of bf16 blocks stay zero
@@ -177,10 +187,8 @@ def decode_chunk(model, dtype: torch.dtype, state: torch.Tensor, logits: torch.T
         if n == 0:
             break
         for k in range(layers):
-            for inp, weight, prod in buffers.plan[k]:
-                buffers.multiply(inp, weight, prod)
+            prod1, prod2 = buffers.multiply(k)
             upper = buffers.lower_out[k] if k + 1 < layers else no_upper
-            prod1, prod2 = buffers.prod[k]
             _layer(
                 fw.cell, k, layers, fw.table, fw.bx, fw.bh, ids, state_np, prod1, prod2,
                 buffers.inputs[k], upper, buffers.a, buffers.hp,
