@@ -152,8 +152,11 @@ def _packed(model: CharRNN, weight: torch.Tensor) -> tuple[torch.Tensor, Any]:
         cache = extra(model, weight.dtype, "onednn_packed", {})
     key = weight.data_ptr()
     if key not in cache:
-        try:
-            cache[key] = (weight, torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), BF16_BLOCK_ROWS))
+        try:  # packed, and tried once: a CPU without bf16 support in oneDNN fails here, not in a request
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), BF16_BLOCK_ROWS)
+            trial = weight.new_zeros(BF16_BLOCK_ROWS, weight.shape[0])
+            torch.ops.mkldnn._linear_pointwise(trial, packed, None, "none", [], "")
+            cache[key] = (weight, packed)
         except (AttributeError, RuntimeError):  # no oneDNN in this build, or no bf16 product for it
             cache[key] = (weight, None)
     return cache[key]

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from app.lm.decode import DecodeWeights, decode_weights, step
+from app.lm import decode
+from app.lm.decode import DecodeWeights, bf16_product, decode_weights, step
 from app.lm.model import CharRNN, ModelConfig
 
 
@@ -88,3 +89,19 @@ def test_decode_weights_are_cached_per_dtype_until_a_parameter_changes():
     rebuilt = decode_weights(model)
     model.fc.weight.data = model.fc.weight.data.clone()  # other memory: a new data_ptr
     assert decode_weights(model) is not rebuilt
+
+
+def test_bf16_products_without_onednn_packing_keep_whole_blocks(monkeypatch):
+    """Where this torch cannot pack a weight, torch.mm multiplies the same blocks of 64 rows:
+    slower, still a row's numbers in any batch."""
+    cfg = ModelConfig(vocab_size=30, cell="lstm", hidden_size=256, num_layers=2, encoding="embedding")
+    torch.manual_seed(2)
+    model = CharRNN(cfg).eval()
+    w = decode_weights(model, torch.bfloat16)
+    x = torch.randn(100, 512).to(torch.bfloat16)
+    packed = bf16_product(model, x, w.w_cat[1])
+    monkeypatch.setattr(decode, "_packed", lambda model, weight: (weight, None))
+    plain = bf16_product(model, x, w.w_cat[1])
+    torch.testing.assert_close(plain.float(), packed.float(), rtol=1e-2, atol=1e-2)
+    for rows in (2, 33, 64, 65):
+        assert torch.equal(bf16_product(model, x[:rows], w.w_cat[1]), plain[:rows]), rows
