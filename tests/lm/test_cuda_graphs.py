@@ -12,8 +12,9 @@ from app.lm import cuda_graphs, decode
 from app.lm.generate import DecodeBatch, generate
 from app.lm.model import ModelConfig
 from app.lm.sampling import RowParams, SamplingParams, Sequence, _draw
-from app.lm.train import TrainConfig, build_model, train_on_text
+from app.lm.train import build_model
 from app.lm.vocab import Vocab
+from tests.lm.conftest import CASES as BASE_CASES
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -130,13 +131,6 @@ def test_generation_on_the_gpu_chooses_what_the_reference_path_chooses():
 # ---- several steps per call (decode_chunk), run here on the CPU as a GPU would run them -----------
 
 
-@pytest.fixture(scope="module")
-def trained():
-    text = "the quick brown fox jumps over the lazy dog. " * 40
-    config = TrainConfig(max_steps=60, seed=0, max_seconds=60)
-    return train_on_text(corpus=text, config=config, cell="lstm", hidden_size=48, num_layers=2, encoding="embedding")
-
-
 @pytest.fixture
 def as_on_a_gpu(monkeypatch):
     """DecodeBatch takes the GPU's paths for a CPU model: decode_chunk and step, eagerly (no graph
@@ -153,14 +147,7 @@ def as_on_a_gpu(monkeypatch):
     return calls
 
 
-CASES = {
-    "greedy": SamplingParams(max_new_chars=300),
-    "t1.0": SamplingParams(max_new_chars=300, temperature=1.0),
-    "t0.8_topk5": SamplingParams(max_new_chars=300, temperature=0.8, top_k=5),
-    "t1.2_topp0.9_minp": SamplingParams(max_new_chars=300, temperature=1.2, top_p=0.9, min_p=0.05),
-    "stops": SamplingParams(max_new_chars=300, temperature=1.0, stop=("og", "ump", "zz")),
-    "mixed_with_a_regex_row": SamplingParams(max_new_chars=300, temperature=0.9, top_k=8),
-}
+CASES = {**BASE_CASES, "with_a_logprobs_row": SamplingParams(max_new_chars=300, temperature=0.9, top_k=8)}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -170,7 +157,7 @@ def test_the_gpu_path_chooses_what_the_reference_path_chooses(trained, case, dty
     finish; every row as torch's one-step path has it, many steps a call."""
     lengths = (40, 90, 300, 150, 300, 7)
     params = [dataclasses.replace(CASES[case], max_new_chars=n) for n in lengths]
-    if case == "mixed_with_a_regex_row":
+    if case == "with_a_logprobs_row":
         params[1] = dataclasses.replace(params[1], logprobs=2)  # a row that needs the host: one step a call
 
     def run(compiled: bool) -> list[tuple[str, str | None, int]]:

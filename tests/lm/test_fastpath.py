@@ -15,8 +15,9 @@ from app.lm.generate import DecodeBatch, generate
 from app.lm.model import CharRNN, ModelConfig
 from app.lm.prefix_cache import PrefixCache
 from app.lm.sampling import RowParams, SamplingParams, Sequence, _draw
-from app.lm.train import TrainConfig, build_model, train_on_text
+from app.lm.train import build_model
 from app.lm.vocab import Vocab
+from tests.lm.conftest import CASES
 
 DTYPES = [torch.float32, torch.bfloat16]
 
@@ -83,22 +84,6 @@ def test_the_compiled_weights_follow_parameter_updates():
         model.fc.bias.add_(1.0)
     after, _ = fastpath.step(model, ids, state)
     torch.testing.assert_close(after, before + 1.0)
-
-
-@pytest.fixture(scope="module")
-def trained():
-    text = "the quick brown fox jumps over the lazy dog. " * 40
-    config = TrainConfig(max_steps=60, seed=0, max_seconds=60)
-    return train_on_text(corpus=text, config=config, cell="lstm", hidden_size=48, num_layers=2, encoding="embedding")
-
-
-CASES = {
-    "greedy": SamplingParams(max_new_chars=300),
-    "t1.0": SamplingParams(max_new_chars=300, temperature=1.0),
-    "t0.8_topk5": SamplingParams(max_new_chars=300, temperature=0.8, top_k=5),
-    "t1.2_topp0.9_minp": SamplingParams(max_new_chars=300, temperature=1.2, top_p=0.9, min_p=0.05),
-    "stops": SamplingParams(max_new_chars=300, temperature=1.0, stop=("og", "ump", "zz")),
-}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
