@@ -29,7 +29,7 @@ class DecodeWeights:
     bias: tuple[torch.Tensor | None, ...]  # (G*H,) float32: b_ih + b_hh of layers >= 1; None for layer 0
     fc: torch.Tensor  # (H, V) float32: the output layer, transposed (contiguous: a row the same in any batch of 2+)
     # the matrices' values again in float32 (the same tensors when dtype is float32): a one-row
-    # step multiplies these, faster than a bf16 product and rounded to the same result
+    # step multiplies these, faster than a bf16 product and rounded alike (but for float32 ulps)
     w_hh_rounded: tuple[torch.Tensor, ...]
     w_ih_rounded: tuple[torch.Tensor, ...]
     w_cat_rounded: tuple[torch.Tensor | None, ...]
