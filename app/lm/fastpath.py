@@ -534,6 +534,33 @@ def _sample_row(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked):  #
 
 
 @_compiled
+def _a_row_stopped(t, n_forced, remaining, out, stops, stop_len, tail):  # pragma: no cover - compiled
+    """Whether a row's character of step t completes one of its stop strings (a row that goes on
+    past it, fed that step, is stopped by its caller, who finds the stop in the text and trims it).
+    A row's stop strings are stops[r, s, :stop_len[r, s]] (ids, from the first slot on), its
+    characters before this call tail[r] (the last at the end; -1 where there were none)."""
+    before = tail.shape[1]
+    for r in range(out.shape[0]):
+        p = t - n_forced[r]  # the row's character of this step
+        if p < 0 or p >= remaining[r] or stop_len[r, 0] == 0:
+            continue
+        for s in range(stop_len.shape[1]):
+            m = stop_len[r, s]
+            if m == 0:
+                break
+            match = True
+            for j in range(m):
+                k = p - m + 1 + j
+                c = out[r, k] if k >= 0 else tail[r, before + k]
+                if c != stops[r, s, j]:
+                    match = False
+                    break
+            if match:
+                return True
+    return False
+
+
+@_compiled
 def _choose(
     t, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk, ids, rows, x, ranked
 ):  # pragma: no cover - compiled
@@ -573,7 +600,7 @@ def _buffers(batch, gates, hidden):  # pragma: no cover - compiled
 def _decode_chunk(
     cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
     state, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk,
-    interrupt, interrupt_after,
+    stops, stop_len, tail, interrupt, interrupt_after,
 ):  # fmt: skip  # pragma: no cover - compiled
     batch = logits.shape[0]
     chunk = out.shape[1]
@@ -584,6 +611,7 @@ def _decode_chunk(
     ids = np.zeros(batch, np.int64)
     rows = np.empty(batch, np.int64)
     steps = 0
+    has_stops = stop_len.shape[1] > 0 and stop_len[:, 0].max() > 0
     for t in range(chunk):
         if t >= interrupt_after and interrupt[0] != 0:  # set by another thread (a request arrived)
             break
@@ -611,6 +639,8 @@ def _decode_chunk(
             cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
             ids, rows, n, state, logits, acc, acc2, xin, hin, False,
         )  # fmt: skip
+        if has_stops and _a_row_stopped(t, n_forced, remaining, out, stops, stop_len, tail):
+            break  # a row ended at a stop string: its request is answered at once
     return steps
 
 
@@ -658,7 +688,9 @@ class Chunk:
     """What one call of decode_chunk (either CPU path) does for each row r of a batch: it first
     reads the row's n_forced[r] prefix ids forced[r, :n_forced[r]] (one per step, nothing sampled),
     then samples its p-th character with uniforms[r, p] into out[r, p], at most remaining[r] of
-    them, and feeds each one unless the row is done; up to out.shape[1] steps."""
+    them, and feeds each one unless the row is done; up to out.shape[1] steps. A row ends at a
+    character that completes one of its stop strings, and the call after that step (the caller
+    finds the stop in the text and trims it)."""
 
     forced: np.ndarray  # (B, F) int64
     n_forced: np.ndarray  # (B,) int64
@@ -674,14 +706,26 @@ class Chunk:
     # interrupt_after steps (else when it has); at least one, so that every call makes progress
     interrupt: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(1, np.int64))
     interrupt_after: int = 1
+    # each row's stop strings as ids (B, S, L), their lengths (B, S) (0: none; a row's from the first
+    # slot) and its last L - 1 ids before this call (B, L - 1), -1 where there were fewer: stop_ids()
+    stops: np.ndarray | None = None
+    stop_len: np.ndarray | None = None
+    tail: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.interrupt_after = max(1, self.interrupt_after)
+        if self.stops is None or self.stop_len is None or self.tail is None:  # no stop strings
+            rows = len(self.n_forced)
+            self.stops, self.stop_len = np.zeros((rows, 1, 1), np.int64), np.zeros((rows, 1), np.int64)
+            self.tail = np.full((rows, 1), -1, np.int64)
 
     def args(self) -> tuple:
         """The fields both CPU paths' samplers take (not `interrupt`, which each path reads itself)."""
         return (self.forced, self.n_forced, self.temperature, self.top_k, self.top_p, self.min_p, self.uniforms,
                 self.remaining, self.out, self.unk)  # fmt: skip
+
+    def stop_args(self) -> tuple:
+        return self.stops, self.stop_len, self.tail
 
     @classmethod
     def trial(cls, rows: int) -> Chunk:
@@ -695,7 +739,11 @@ def decode_chunk(fw: FastWeights, state: np.ndarray, logits: np.ndarray, chunk: 
     """The steps of `chunk` in compiled code. state (R, B, H) and logits (B, V) are updated in
     place (a finished row's are left stale). Returns the steps taken: fewer than out.shape[1]
     where every row ended, or chunk.interrupt ended the call."""
-    return int(_decode_chunk(*fw.args(), state, logits, *chunk.args(), chunk.interrupt, chunk.interrupt_after))
+    return int(
+        _decode_chunk(
+            *fw.args(), state, logits, *chunk.args(), *chunk.stop_args(), chunk.interrupt, chunk.interrupt_after
+        )
+    )
 
 
 def warm(model: CharRNN, dtype: torch.dtype) -> None:

@@ -13,9 +13,8 @@ Several steps run per call while nobody waits to join, as on the small path.
 In bfloat16 the products run on blocks of decode.BF16_BLOCK_ROWS rows (the buffers padded with
 zero rows; decode.bf16_product says why), so that a row's result does not depend on its batch.
 
-A row that ends at a stop string runs on until the call ends (its results unread): a batch's rows
-are independent, and a call is short while a row has stop strings (generate.STOP_TICK_SECONDS);
-a call never runs past the first row to reach its length.
+A call ends after the step where a row reaches its length or ends at a stop string (found in
+compiled code, as on the small path), so that its request is answered at once.
 """
 
 from __future__ import annotations
@@ -177,6 +176,8 @@ def decode_chunk(model, dtype: torch.dtype, state: torch.Tensor, logits: torch.T
     no_upper = buffers.inputs[0][:, :0]
     steps = 0
     chosen = chunk.args()
+    stops = chunk.stop_args()
+    has_stops = bool(stops[1].max() > 0)  # stop_len
     for t in range(chunk.out.shape[1]):
         if t >= chunk.interrupt_after and chunk.interrupt[0]:  # set by another thread (a request arrived)
             break
@@ -194,6 +195,8 @@ def decode_chunk(model, dtype: torch.dtype, state: torch.Tensor, logits: torch.T
                 buffers.inputs[k], upper, buffers.a, buffers.hp,
             )  # fmt: skip
         torch.addmm(fc_bias, last_h, w.fc, out=logits)
+        if has_stops and fastpath._a_row_stopped(t, chunk.n_forced, chunk.remaining, chunk.out, *stops):
+            break  # a row ended at a stop string: its request is answered at once
     return steps
 
 

@@ -34,15 +34,12 @@ FAST_MAX_STEP_FLOPS = {torch.float32: 5 * 2_100_000, torch.bfloat16: 9 * 2_100_0
 GUESSED_FLOPS_PER_SECOND = 2e10  # a first guess of one core's speed in a step (then measured)
 LEARN_FROM_STEPS = 8  # calls of fewer steps teach the time of a step only where it was guessed too high
 # One call of the compiled paths runs about this long. It ends sooner where a row reaches its
-# length (its request is answered at once), and when a request arrives to join (DecodeBatch.
-# interrupt), at the next step once it has run JOIN_WAIT_SECONDS: a newcomer never waits longer,
-# and a large batch, whose calls are that short anyway, is not cut into more calls by every
-# arrival (measured with 64 clients: 8% fewer chars/s when any arrival ended a call). A stop
-# string is found after a call, so a batch with a row that has some keeps calls short: a finished
-# row's answer waits for its call to end.
+# length or ends at a stop string (its request is answered at once), and when a request arrives
+# to join (DecodeBatch.interrupt), at the next step once it has run JOIN_WAIT_SECONDS: a newcomer
+# never waits longer, and a large batch, whose calls are that short anyway, is not cut into more
+# calls by every arrival (measured with 64 clients: 8% fewer chars/s when any arrival ended a call).
 TICK_SECONDS = 0.050
 JOIN_WAIT_SECONDS = 0.010
-STOP_TICK_SECONDS = 0.010
 
 
 @dataclass
@@ -229,8 +226,7 @@ class DecodeBatch:
         fresh = np.fromiter((s.steps == 0 for s in seqs), bool, len(seqs))
         if fresh.any():  # a row that just joined: this call ends at its first character (time to first character)
             chunk = min(chunk, int(n_forced[fresh].min()) + 1)
-        tick = STOP_TICK_SECONDS if self.params.stops.any() else TICK_SECONDS
-        chunk = max(1, min(chunk, int(tick / self._seconds_per_step)))
+        chunk = max(1, min(chunk, int(TICK_SECONDS / self._seconds_per_step)))
         if self._graphs:  # a recorded length
             chunk = cuda_graphs.chunk_steps(chunk)
         limit = np.maximum(np.minimum(remaining, chunk - n_forced), 0)  # characters each row may sample
@@ -243,6 +239,7 @@ class DecodeBatch:
         work = fastpath.Chunk(
             forced, n_forced, p.temperature, p.top_k, p.top_p, p.min_p, uniforms, remaining, out, UNK_INDEX,
             self.interrupt, int(JOIN_WAIT_SECONDS / self._seconds_per_step),
+            *(_stop_ids(seqs, self.vocab) if p.stops.any() else ()),
         )  # fmt: skip
         if self._graphs:
             self.steps = cuda_graphs.decode_chunk(self.model, self.dtype, self.state, self.logits, work)
@@ -298,6 +295,26 @@ class DecodeBatch:
         keep = [r for r, s in enumerate(self.seqs) if id(s) not in gone]
         if len(keep) != len(self.seqs):
             self._keep(keep)
+
+
+def _stop_ids(seqs: list[Sequence], vocab: Vocab) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """fastpath.Chunk's stops, stop_len and tail for these rows: each row's stop strings as ids,
+    and its last characters before this call (as many as the longest stop string but one)."""
+    longest = max((len(ids) for seq in seqs for ids in seq.stop_ids), default=1)
+    slots = max(1, max(len(seq.stop_ids) for seq in seqs))
+    stops = np.zeros((len(seqs), slots, longest), np.int64)
+    stop_len = np.zeros((len(seqs), slots), np.int64)
+    tail = np.full((len(seqs), max(1, longest - 1)), -1, np.int64)
+    for r, seq in enumerate(seqs):
+        if not seq.stop_ids:
+            continue
+        for s, ids in enumerate(seq.stop_ids):
+            stops[r, s, : len(ids)] = ids
+            stop_len[r, s] = len(ids)
+        if longest > 1 and seq.chars:
+            recent = vocab.encode("".join(seq.chars[1 - longest :]))
+            tail[r, tail.shape[1] - len(recent) :] = recent
+    return stops, stop_len, tail
 
 
 def warm(model: CharRNN, dtype: torch.dtype) -> None:

@@ -90,6 +90,9 @@ class Sequence:
         self.finish_reason: str | None = None
         self._released = 0  # characters already handed to a stream
         self._stop_window = max((len(s) for s in params.stop), default=0)
+        # the stop strings as ids, for the compiled paths to end the row at one (start() sets them;
+        # one with a character outside the vocabulary can never be generated and is left out)
+        self.stop_ids: list[list[int]] = []
         self.constraint = constraint
         self.state = constraint.initial if constraint is not None else 0  # of the regex automaton
         self._recent: deque[int] | None = None  # ids the repetition penalty looks at
@@ -102,6 +105,7 @@ class Sequence:
         """Called when the sequence joins a batch: the prefix's last characters seed the repetition
         window (only they are encoded: a long prefix may be resumed from the prefix cache unread)."""
         p = self.params
+        self.stop_ids = [ids for ids in map(vocab.encode, p.stop) if ids and UNK_INDEX not in ids]
         if p.repetition_penalty != 1.0 and p.repeat_last_n != 0:
             window = None if p.repeat_last_n < 0 else p.repeat_last_n
             self._recent = deque(vocab.encode(prefix[-window:] if window else prefix), maxlen=window)
@@ -244,7 +248,7 @@ class RowParams:
     top_p: np.ndarray  # (B,) float64; 1 = off
     min_p: np.ndarray  # (B,) float64; 0 = off
     special: np.ndarray  # (B,) bool: bias, penalties, a regex or log-probabilities (a per-row step)
-    stops: np.ndarray  # (B,) bool: stop strings (found after a call of the compiled path)
+    stops: np.ndarray  # (B,) bool: stop strings
 
     @classmethod
     def of(cls, seqs: list[Sequence]) -> RowParams:

@@ -399,3 +399,28 @@ def test_the_samplers_exp_is_within_one_ulp_and_zero_at_minus_infinity():
     special = np.array([-np.inf, -709.0, -745.0])
     exps(special, out[:3])
     assert (out[:3] == 0.0).all()  # below 2^-1022: no subnormal a uniform number could land on
+
+
+@pytest.mark.parametrize("path", ["small", "large"])
+def test_a_call_ends_at_the_step_where_a_row_reaches_a_stop_string(trained, path, monkeypatch):
+    """The compiled paths find stop strings themselves: the call ends at the character that
+    completes one (its request answered at once, no short calls while rows have stops), also where
+    the stop string began in the call before (the row's last characters are passed in)."""
+    if path == "large":
+        monkeypatch.setitem(generate_module.FAST_MAX_STEP_FLOPS, torch.float32, 0)
+    params = SamplingParams(max_new_chars=300, temperature=1.0)
+    [free] = generate(trained.model, trained.vocab, "the ", params, seed=1)
+    text = free.text
+    at = next(k for k in range(60, 250) if text.find(text[k : k + 4]) == k)  # a 4-character stop first seen at k
+    stop = text[at : at + 4]
+    rows = 3 if path == "large" else 1  # the same stream each: the same text
+    with_stop = dataclasses.replace(params, stop=(stop, "\u2603"))
+    seqs = [Sequence(with_stop, seed=1, index=0) for _ in range(rows)]
+    batch = DecodeBatch(trained.model, trained.vocab)
+    batch.add("the ", seqs)
+    batch.step(max_steps=1 << 30)  # the prefix's character and the first sampled one (a fresh row)
+    batch.step(max_steps=at + 2 - seqs[0].steps)  # ends two characters into the stop string
+    assert seqs[0].steps == at + 2 and not seqs[0].finished
+    batch.step(max_steps=1 << 30)  # would run ~50 ms (to the length) but for the stop
+    assert batch.steps == 2 and all(s.finish_reason == "stop" for s in seqs)
+    assert [s.text for s in seqs] == [text[:at]] * rows
