@@ -15,7 +15,7 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained():
     text = "the quick brown fox jumps over the lazy dog. " * 40
     config = TrainConfig(max_steps=60, seed=0, max_seconds=60)
