@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from app.devserver import Server
-from app.lm import default, fastpath
+from app.lm import cuda_graphs, default, fastpath
 from app.lm.constraint import compile_regex
 from app.lm.device import resolve_device
 from app.lm.generate import generate
@@ -251,14 +251,7 @@ def one_row_bound(model: CharRNN, dtype: torch.dtype, repeats: int) -> dict:
 
     out = {"torch_s": timed(products)}
     if device.type == "cuda":
-        side = torch.cuda.Stream(device)  # torch's advice: warm up on a side stream, then record
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            products()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            products()
+        graph, _ = cuda_graphs.record(device, products)
         out["cuda_graph_s"] = timed(graph.replay)
     elif dtype == torch.float32:
         np_mats, np_rows = [m.numpy() for m in mats], [x.numpy() for x in rows]

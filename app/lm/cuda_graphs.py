@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -135,14 +136,27 @@ def _failed(graphs: _Graphs, error: BaseException) -> None:
     log.warning("CUDA graphs unavailable (%s); decoding steps run kernel by kernel", error)
 
 
-def _warm_up(device: torch.device, run) -> None:
-    """Runs `run` WARMUP_STEPS times on a side stream (torch's advice before recording: lazy inits happen there)."""
+def record(device: torch.device, run: Callable[[], Any], pool: Any = None) -> tuple[torch.cuda.CUDAGraph, Any]:
+    """run() recorded as a CUDA graph on `device` (in memory pool `pool`, where given), after
+    WARMUP_STEPS eager runs on a side stream (torch's advice: lazy inits happen there). Returns the
+    graph and what run() returned while recording: the buffers every replay writes."""
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side), torch.inference_mode():
         for _ in range(WARMUP_STEPS):
             run()
     torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool), torch.inference_mode():
+        outputs = run()
+    return graph, outputs
+
+
+def _pool(graphs: _Graphs) -> Any:
+    """The memory pool a model's graphs share."""
+    if graphs.pool is None:
+        graphs.pool = torch.cuda.graph_pool_handle()
+    return graphs.pool
 
 
 def _eager(
@@ -162,12 +176,7 @@ def _record(model: CharRNN, state: torch.Tensor, size: int, dtype: torch.dtype, 
     device = state.device
     ids = torch.zeros(size, dtype=torch.long, device=device)
     static_state = torch.zeros(state.shape[0], size, state.shape[2], device=device)
-    _warm_up(device, lambda: blocked_step(model, ids, static_state, dtype))
-    if graphs.pool is None:
-        graphs.pool = torch.cuda.graph_pool_handle()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=graphs.pool), torch.inference_mode():
-        logits, new_state = blocked_step(model, ids, static_state, dtype)
+    graph, (logits, new_state) = record(device, lambda: blocked_step(model, ids, static_state, dtype), _pool(graphs))
     return _Graph(graph, ids, static_state, logits, new_state)
 
 
@@ -331,10 +340,7 @@ def _pack(chunk: Chunk, steps: int) -> np.ndarray:
 
 
 def _record_chunk(model: CharRNN, dtype: torch.dtype, g: _ChunkGraph, unk: int, how: str, graphs: _Graphs) -> None:
-    _warm_up(g.state.device, lambda: decode_steps(model, dtype, g.packed, g.logits, g.state, unk, how))
-    if graphs.pool is None:
-        graphs.pool = torch.cuda.graph_pool_handle()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=graphs.pool), torch.inference_mode():
-        g.outputs = decode_steps(model, dtype, g.packed, g.logits, g.state, unk, how)
-    g.graph = graph
+    def run() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return decode_steps(model, dtype, g.packed, g.logits, g.state, unk, how)
+
+    g.graph, g.outputs = record(g.state.device, run, _pool(graphs))

@@ -611,7 +611,7 @@ def _decode_chunk(
     ids = np.zeros(batch, np.int64)
     rows = np.empty(batch, np.int64)
     steps = 0
-    has_stops = stop_len.shape[1] > 0 and stop_len[:, 0].max() > 0
+    has_stops = stop_len[:, 0].max() > 0
     for t in range(chunk):
         if t >= interrupt_after and interrupt[0] != 0:  # set by another thread (a request arrived)
             break
@@ -685,7 +685,8 @@ def time_steps(model: CharRNN, dtype: torch.dtype, batch: int, repeats: int, pro
 
 @dataclasses.dataclass
 class Chunk:
-    """What one call of decode_chunk (either CPU path) does for each row r of a batch: it first
+    """What one call of decode_chunk (the CPU's two paths, and cuda_graphs') does for each row r of
+    a batch: it first
     reads the row's n_forced[r] prefix ids forced[r, :n_forced[r]] (one per step, nothing sampled),
     then samples its p-th character with uniforms[r, p] into out[r, p], at most remaining[r] of
     them, and feeds each one unless the row is done; up to out.shape[1] steps. A row ends at a
@@ -725,7 +726,12 @@ class Chunk:
                 self.remaining, self.out, self.unk)  # fmt: skip
 
     def stop_args(self) -> tuple:
+        """The stop strings' fields, as the CPU paths' stop check (_a_row_stopped) takes them."""
         return self.stops, self.stop_len, self.tail
+
+    @property
+    def has_stops(self) -> bool:
+        return self.stop_len is not None and bool(self.stop_len[:, 0].max() > 0)
 
     @classmethod
     def trial(cls, rows: int) -> Chunk:

@@ -176,8 +176,7 @@ def decode_chunk(model, dtype: torch.dtype, state: torch.Tensor, logits: torch.T
     no_upper = buffers.inputs[0][:, :0]
     steps = 0
     chosen = chunk.args()
-    stops = chunk.stop_args()
-    has_stops = bool(stops[1].max() > 0)  # stop_len
+    stops, has_stops = chunk.stop_args(), chunk.has_stops
     for t in range(chunk.out.shape[1]):
         if t >= chunk.interrupt_after and chunk.interrupt[0]:  # set by another thread (a request arrived)
             break

@@ -168,9 +168,10 @@ class DecodeBatch:
         finished sequences leave. Returns those that finished.
 
         With max_steps > 1 and every row generating plainly (no regex, penalties, logit bias or
-        log-probabilities) on the CPU's compiled paths, up to max_steps characters per row in one
-        call (about TICK_SECONDS of work), and no more than the first row to reach its length
-        needs. A row that just joined ends the call at its first character, so that it streams at
+        log-probabilities) on the compiled paths (the CPU's, or recorded CUDA graphs on a GPU), up
+        to max_steps characters per row in one call (about TICK_SECONDS of work, at most
+        cuda_graphs.MAX_STEPS on a GPU), and no more than the first row to reach its length or a
+        stop string needs. A row that just joined ends the call at its first character, so that it streams at
         once; `interrupt` ends it at the next step once it has run JOIN_WAIT_SECONDS. While a long
         prefix is being read, one step per call between its chunks."""
         self.sampled = self.steps = 0
@@ -211,9 +212,10 @@ class DecodeBatch:
         return finished
 
     def _compiled_steps(self, max_steps: int) -> list[Sequence]:
-        """Up to max_steps steps for every row through fastpath.decode_chunk (prefix characters
-        still to read first): the same choices as the one-step path (the same numbers drawn from
-        each row's stream), no Python per character."""
+        """Up to max_steps steps for every row through a compiled path's decode_chunk (fastpath,
+        fastpath_large or cuda_graphs; prefix characters still to read first): the same choices
+        as the one-step path (the same numbers drawn from each row's stream), no Python per
+        character."""
         assert self.state is not None and self.logits is not None
         seqs = self.seqs
         n_forced = np.fromiter((len(f) for f in self.forced), np.int64, len(seqs))
