@@ -492,6 +492,13 @@ def _sample_row(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked):  #
     for j in range(v):
         x[j] = logits[j]
     x[unk] = -np.inf
+    return _pick(x, v, temperature, top_k, top_p, min_p, u, ranked)
+
+
+@_inlined
+def _pick(x, v, temperature, top_k, top_p, min_p, u, ranked):  # pragma: no cover - compiled
+    """The argmax of x[:v] (float64 logits, masked ones -inf) or, with a temperature, sampling._draw's
+    choice for the uniform number u. x is overwritten."""
     if temperature <= 0.0:
         best = 0
         for j in range(1, v):
@@ -534,6 +541,89 @@ def _sample_row(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked):  #
 
 
 @_compiled
+def _sample_row_with_extras(
+    logits, temperature, top_k, top_p, min_p, u, unk, x, ranked, ex, r, p
+):  # pragma: no cover - compiled
+    """_sample_row for a row with extras (Extras, as the tuple `ex`), row r's p-th character:
+    its logit bias and penalties first (sampling.Sequence.adjust), then the same choice; the
+    character's log-probability and alternatives recorded (sampling._record_logprobs), and the
+    penalties' counts updated with it."""
+    (_, bias, repetition, window, ring, ring_fill, ring_pos, seen, presence, frequency, counts,
+     n_logprobs, logprob, top_ids, top_logprobs) = ex  # fmt: skip
+    v = logits.shape[0]
+    b = bias[r]
+    for j in range(v):
+        x[j] = logits[j] + b[j]
+    x[unk] = -np.inf
+    penalty = repetition[r]
+    if penalty != 1.0:
+        s = seen[r]
+        for j in range(v):
+            if s[j] > 0:
+                x[j] = x[j] / penalty if x[j] > 0 else x[j] * penalty
+    fp, pp = frequency[r], presence[r]
+    if fp != 0.0 or pp != 0.0:
+        c = counts[r]
+        for j in range(v):
+            x[j] -= fp * c[j] + pp * (1.0 if c[j] > 0 else 0.0)
+    i = _pick(x, v, temperature, top_k, top_p, min_p, u, ranked)
+    if n_logprobs[r] >= 0:
+        _record_logprobs(logits, unk, i, n_logprobs[r], x, logprob[r], top_ids[r], top_logprobs[r], p)
+    if penalty != 1.0:  # i joins the window, whose oldest id leaves once it is full
+        w = window[r]
+        if w > 0:
+            if ring_fill[r] == w:
+                seen[r, ring[r, ring_pos[r]]] -= 1
+                ring[r, ring_pos[r]] = i
+                ring_pos[r] = (ring_pos[r] + 1) % w
+            else:
+                ring[r, ring_fill[r]] = i
+                ring_fill[r] += 1
+        seen[r, i] += 1
+    if fp != 0.0 or pp != 0.0:
+        counts[r, i] += 1.0
+    return i
+
+
+@_inlined
+def _record_logprobs(logits, unk, chosen, n, x, logprob, top_ids, top_logprobs, p):  # pragma: no cover - compiled
+    """The model's own log-probabilities (score.log_probs: temperature 1, before bias and penalties)
+    of step p's character and of its n likeliest alternatives (score.top_alternatives: never unk,
+    likeliest first, the lower id first among equals), into row arrays logprob (K,), top_ids and
+    top_logprobs (K, M). x is scratch."""
+    v = logits.shape[0]
+    top = -np.inf
+    for j in range(v):
+        if logits[j] > top:
+            top = logits[j]
+    total = 0.0
+    for j in range(v):
+        x[j] = _exp_nonpositive(np.float64(logits[j]) - top)
+        total += x[j]
+    norm = top + np.log(total)
+    logprob[p] = logits[chosen] - norm
+    for j in range(v):
+        x[j] = logits[j]
+    x[unk] = -np.inf
+    for k in range(min(n, v - 1)):
+        best = 0
+        for j in range(1, v):
+            if x[j] > x[best]:
+                best = j
+        top_ids[p, k] = best
+        top_logprobs[p, k] = x[best] - norm
+        x[best] = -np.inf  # not taken again (every other logit is finite)
+
+
+@_inlined
+def _sample(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked, ex, r, p):  # pragma: no cover - compiled
+    """Row r's p-th character: _sample_row, or _sample_row_with_extras where the row has extras."""
+    if ex[0][r]:
+        return _sample_row_with_extras(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked, ex, r, p)
+    return _sample_row(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked)
+
+
+@_compiled
 def _a_row_stopped(t, n_forced, remaining, out, stops, stop_len, tail):  # pragma: no cover - compiled
     """Whether a row's character of step t completes one of its stop strings (a row that goes on
     past it, fed that step, is stopped by its caller, who finds the stop in the text and trims it).
@@ -562,8 +652,9 @@ def _a_row_stopped(t, n_forced, remaining, out, stops, stop_len, tail):  # pragm
 
 @_compiled
 def _choose(
-    t, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk, ids, rows, x, ranked
-):  # pragma: no cover - compiled
+    t, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk, ex, ids, rows, x,
+    ranked,
+):  # fmt: skip  # pragma: no cover - compiled
     """Step t's input of every row: its next prefix character while it has one (nothing sampled),
     else the character it samples from its logits (out[r, p], drawn with uniforms[r, p]) if it has
     characters left. Lists in rows[:n] the rows to step (those that go on) and returns n, or -1
@@ -578,7 +669,9 @@ def _choose(
             rows[n] = r
             n += 1
         elif p < remaining[r]:
-            i = _sample_row(logits[r], temperature[r], top_k[r], top_p[r], min_p[r], uniforms[r, p], unk, x, ranked)
+            i = _sample(
+                logits[r], temperature[r], top_k[r], top_p[r], min_p[r], uniforms[r, p], unk, x, ranked, ex, r, p
+            )
             out[r, p] = i
             ids[r] = i
             active = True
@@ -599,7 +692,7 @@ def _buffers(batch, gates, hidden):  # pragma: no cover - compiled
 @_compiled
 def _decode_chunk(
     cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
-    state, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk,
+    state, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk, ex,
     stops, stop_len, tail, interrupt, interrupt_after,
 ):  # fmt: skip  # pragma: no cover - compiled
     batch = logits.shape[0]
@@ -625,7 +718,9 @@ def _decode_chunk(
                 rows[n] = r
                 n += 1
             elif p < remaining[r]:
-                i = _sample_row(logits[r], temperature[r], top_k[r], top_p[r], min_p[r], uniforms[r, p], unk, x, ranked)
+                i = _sample(
+                    logits[r], temperature[r], top_k[r], top_p[r], min_p[r], uniforms[r, p], unk, x, ranked, ex, r, p
+                )
                 out[r, p] = i
                 ids[r] = i
                 steps = t + 1
@@ -684,6 +779,42 @@ def time_steps(model: CharRNN, dtype: torch.dtype, batch: int, repeats: int, pro
 
 
 @dataclasses.dataclass
+class Extras:
+    """What rows with a logit bias, penalties or log-probabilities take into a call of the CPU's
+    compiled paths (sampling.Sequence.adjust and the log-probabilities of sampling.sample_next,
+    done in compiled code): B rows, V ids, up to K characters a row, M alternatives. The
+    penalties' arrays are the call's own working copies, updated as it samples; the caller
+    updates each sequence from the characters it took."""
+
+    on: np.ndarray  # (B,) bool: the row has extras (the others are sampled as if these were absent)
+    bias: np.ndarray  # (B, V) float64: added to the logits
+    repetition: np.ndarray  # (B,) float64: the repetition penalty; 1 = off
+    window: np.ndarray  # (B,) int64: ids the repetition penalty looks back on (ring's length); <= 0: all
+    ring: np.ndarray  # (B, W) int64: the window's ids, oldest at ring_pos once it is full
+    ring_fill: np.ndarray  # (B,) int64
+    ring_pos: np.ndarray  # (B,) int64
+    seen: np.ndarray  # (B, V) int64: how often each id is in the window
+    presence: np.ndarray  # (B,) float64
+    frequency: np.ndarray  # (B,) float64
+    counts: np.ndarray  # (B, V) float64: how often each id was generated
+    n_logprobs: np.ndarray  # (B,) int64: alternatives to report; -1 = no log-probabilities
+    logprob: np.ndarray  # (B, K) float32: each character's log-probability
+    top_ids: np.ndarray  # (B, K, M) int64: its likeliest alternatives
+    top_logprobs: np.ndarray  # (B, K, M) float32: theirs
+
+    @classmethod
+    def none(cls, rows: int) -> Extras:
+        """No row has extras (the arrays other than `on` are never read)."""
+        f, i = np.zeros((1, 1)), np.zeros((1, 1), np.int64)
+        one, one_i, lp = np.ones(1), np.zeros(1, np.int64), np.zeros((1, 1), np.float32)
+        return cls(np.zeros(rows, bool), f, one, one_i, i, one_i, one_i, i, one, one, f, one_i - 1, lp,
+                   np.zeros((1, 1, 1), np.int64), np.zeros((1, 1, 1), np.float32))  # fmt: skip
+
+    def args(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+
+@dataclasses.dataclass
 class Chunk:
     """What one call of decode_chunk (the CPU's two paths, and cuda_graphs') does for each row r of
     a batch: it first
@@ -712,9 +843,12 @@ class Chunk:
     stops: np.ndarray | None = None
     stop_len: np.ndarray | None = None
     tail: np.ndarray | None = None
+    extras: Extras | None = None  # rows with a logit bias, penalties or log-probabilities
 
     def __post_init__(self) -> None:
         self.interrupt_after = max(1, self.interrupt_after)
+        if self.extras is None:
+            self.extras = Extras.none(len(self.n_forced))
         if self.stops is None or self.stop_len is None or self.tail is None:  # no stop strings
             rows = len(self.n_forced)
             self.stops, self.stop_len = np.zeros((rows, 1, 1), np.int64), np.zeros((rows, 1), np.int64)
@@ -722,8 +856,9 @@ class Chunk:
 
     def args(self) -> tuple:
         """The fields both CPU paths' samplers take (not `interrupt`, which each path reads itself)."""
+        assert self.extras is not None  # set by __post_init__
         return (self.forced, self.n_forced, self.temperature, self.top_k, self.top_p, self.min_p, self.uniforms,
-                self.remaining, self.out, self.unk)  # fmt: skip
+                self.remaining, self.out, self.unk, self.extras.args())  # fmt: skip
 
     def stop_args(self) -> tuple:
         """The stop strings' fields, as the CPU paths' stop check (_a_row_stopped) takes them."""

@@ -21,6 +21,7 @@ from app.lm.constraint import CharAutomaton
 from app.lm.model import CharRNN, ModelConfig
 from app.lm.prefix_cache import PrefixCache
 from app.lm.sampling import RowParams, SamplingParams, Sequence, random_seed, sample_next
+from app.lm.score import CharLogprob
 from app.lm.vocab import UNK_INDEX, Vocab
 
 FEED_IN_BATCH = 32  # prefixes up to this long are fed through the shared batched steps
@@ -40,6 +41,9 @@ LEARN_FROM_STEPS = 8  # calls of fewer steps teach the time of a step only where
 # calls by every arrival (measured with 64 clients: 8% fewer chars/s when any arrival ended a call).
 TICK_SECONDS = 0.050
 JOIN_WAIT_SECONDS = 0.010
+# A call of the compiled paths records at most this many log-probabilities (characters and their
+# alternatives, over all rows) before the host takes them
+LOGPROBS_PER_CALL = 1 << 20
 
 
 @dataclass
@@ -181,7 +185,8 @@ class DecodeBatch:
         if not self.seqs:
             return []
         assert self.state is not None and self.logits is not None  # set while there are rows
-        if self._fast and not self.params.special.any():
+        # a regex is the host's every character; a GPU's graphs take no bias, penalties or log-probabilities
+        if self._fast and not (self.params.special if self._graphs else self.params.regex).any():
             return self._compiled_steps(max_steps)
         self.steps = 1
         inputs = [f[0] if f else 0 for f in self.forced]
@@ -224,6 +229,7 @@ class DecodeBatch:
             forced[r, : n_forced[r]] = self.forced[r]
         remaining = np.fromiter((s.params.max_new_chars - s.steps for s in seqs), np.int64, len(seqs))
         ends = n_forced + remaining  # the step at which each row reaches its length
+        p = self.params
         chunk = int(min(max_steps, ends.min()))  # a row that reaches its length ends the call: answered at once
         fresh = np.fromiter((s.steps == 0 for s in seqs), bool, len(seqs))
         if fresh.any():  # a row that just joined: this call ends at its first character (time to first character)
@@ -231,17 +237,22 @@ class DecodeBatch:
         chunk = max(1, min(chunk, int(TICK_SECONDS / self._seconds_per_step)))
         if self._graphs:  # a recorded length
             chunk = cuda_graphs.chunk_steps(chunk)
+        extras = None
+        if p.special.any():  # bias, penalties or log-probabilities (a CPU path: a GPU's take none)
+            alternatives = max((s.params.logprobs or 0 for s in seqs if s.logprobs is not None), default=-1)
+            if alternatives >= 0:  # a bounded record of log-probabilities
+                chunk = min(chunk, max(1, LOGPROBS_PER_CALL // (len(seqs) * (1 + alternatives))))
+            extras = _extras(seqs, self.model.config.vocab_size, chunk)
         limit = np.maximum(np.minimum(remaining, chunk - n_forced), 0)  # characters each row may sample
         uniforms = np.zeros((len(seqs), chunk))
         for drawing in np.flatnonzero((self.params.temperature > 0) & (limit > 0)).tolist():
             uniforms[drawing, : limit[drawing]] = seqs[drawing].uniforms(int(limit[drawing]))
         out = np.zeros((len(seqs), chunk), np.int64)
-        p = self.params
         start = time.perf_counter()
         work = fastpath.Chunk(
             forced, n_forced, p.temperature, p.top_k, p.top_p, p.min_p, uniforms, remaining, out, UNK_INDEX,
             self.interrupt, int(JOIN_WAIT_SECONDS / self._seconds_per_step),
-            *(_stop_ids(seqs, self.vocab) if p.stops.any() else ()),
+            *(_stop_ids(seqs, self.vocab) if p.stops.any() else (None, None, None)), extras,
         )  # fmt: skip
         if self._graphs:
             self.steps = cuda_graphs.decode_chunk(self.model, self.dtype, self.state, self.logits, work)
@@ -256,11 +267,12 @@ class DecodeBatch:
             seqs[short].give_back(uniforms[short, taken[short] : limit[short]])
         chars = self.vocab.by_id
         finished = []
-        for seq, f, row, n in zip(seqs, self.forced, out.tolist(), taken.tolist(), strict=True):
+        for r, (seq, f, row, n) in enumerate(zip(seqs, self.forced, out.tolist(), taken.tolist(), strict=True)):
             del f[: self.steps]
             if n:
                 ids = row[:n]
-                self.sampled += seq.extend(ids, [chars[i] for i in ids])
+                logprobs = _logprobs(extras, r, ids) if seq.logprobs is not None and extras is not None else None
+                self.sampled += seq.extend(ids, [chars[i] for i in ids], logprobs)
                 if seq.finished:
                     finished.append(seq)
         if finished:
@@ -297,6 +309,56 @@ class DecodeBatch:
         keep = [r for r, s in enumerate(self.seqs) if id(s) not in gone]
         if len(keep) != len(self.seqs):
             self._keep(keep)
+
+
+def _extras(seqs: list[Sequence], vocab_size: int, steps: int) -> fastpath.Extras:
+    """fastpath.Extras for these rows, up to `steps` characters each: each row's logit bias, its
+    penalties and what they have counted so far, and room for its log-probabilities."""
+    rows = len(seqs)
+    bias, counts = np.zeros((rows, vocab_size)), np.zeros((rows, vocab_size))
+    seen = np.zeros((rows, vocab_size), np.int64)
+    repetition, presence, frequency = np.ones(rows), np.zeros(rows), np.zeros(rows)
+    window, n_logprobs = np.zeros(rows, np.int64), np.full(rows, -1, np.int64)
+    rings: list[tuple[int, list[int]]] = []
+    for r, seq in enumerate(seqs):
+        if seq.bias is not None:
+            bias[r] = seq.bias
+        if seq.recent is not None:
+            recent = list(seq.recent)
+            repetition[r] = seq.params.repetition_penalty
+            seen[r] = np.bincount(np.asarray(recent, np.int64), minlength=vocab_size)
+            width = seq.recent.maxlen
+            if width is not None and width <= len(recent) + steps:  # its oldest ids leave during this call
+                window[r] = width
+                rings.append((r, recent))
+        if seq.counts is not None:
+            presence[r], frequency[r] = seq.params.presence_penalty, seq.params.frequency_penalty
+            counts[r] = seq.counts
+        if seq.logprobs is not None:
+            n_logprobs[r] = min(seq.params.logprobs or 0, vocab_size - 1)
+    ring = np.zeros((rows, max(1, int(window.max()))), np.int64)
+    ring_fill = np.zeros(rows, np.int64)
+    for r, recent in rings:
+        ring[r, : len(recent)] = recent
+        ring_fill[r] = len(recent)
+    alternatives = max(1, int(n_logprobs.max()))
+    recorded = (rows, steps) if n_logprobs.max() >= 0 else (1, 1)
+    on = np.fromiter((s.params.adjusts_logits or s.logprobs is not None for s in seqs), bool, rows)
+    return fastpath.Extras(
+        on, bias, repetition, window, ring, ring_fill, np.zeros(rows, np.int64), seen, presence, frequency, counts,
+        n_logprobs, np.zeros(recorded, np.float32), np.zeros((*recorded, alternatives), np.int64),
+        np.zeros((*recorded, alternatives), np.float32),
+    )  # fmt: skip
+
+
+def _logprobs(extras: fastpath.Extras, r: int, ids: list[int]) -> list[CharLogprob]:
+    """Row r's log-probabilities of its characters `ids`, as a call with `extras` recorded them."""
+    n, k = int(extras.n_logprobs[r]), len(ids)
+    alternatives = zip(extras.top_ids[r, :k, :n].tolist(), extras.top_logprobs[r, :k, :n].tolist(), strict=True)
+    return [
+        CharLogprob(i, value, tuple(zip(top, top_values, strict=True)))
+        for i, value, (top, top_values) in zip(ids, extras.logprob[r, :k].tolist(), alternatives, strict=True)
+    ]
 
 
 def _stop_ids(seqs: list[Sequence], vocab: Vocab) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -95,9 +95,9 @@ class Sequence:
         self.stop_ids: list[list[int]] = []
         self.constraint = constraint
         self.state = constraint.initial if constraint is not None else 0  # of the regex automaton
-        self._recent: deque[int] | None = None  # ids the repetition penalty looks at
-        self._counts: np.ndarray | None = None  # (V,) how often each id was generated
-        self._bias: np.ndarray | None = None  # (V,) logit bias
+        self.recent: deque[int] | None = None  # ids the repetition penalty looks at
+        self.counts: np.ndarray | None = None  # (V,) how often each id was generated
+        self.bias: np.ndarray | None = None  # (V,) logit bias
         if params.max_new_chars <= 0:
             self.finish_reason = "length"
 
@@ -108,13 +108,13 @@ class Sequence:
         self.stop_ids = [ids for ids in map(vocab.encode, p.stop) if ids and UNK_INDEX not in ids]
         if p.repetition_penalty != 1.0 and p.repeat_last_n != 0:
             window = None if p.repeat_last_n < 0 else p.repeat_last_n
-            self._recent = deque(vocab.encode(prefix[-window:] if window else prefix), maxlen=window)
+            self.recent = deque(vocab.encode(prefix[-window:] if window else prefix), maxlen=window)
         if p.presence_penalty or p.frequency_penalty:
-            self._counts = np.zeros(vocab.size)
+            self.counts = np.zeros(vocab.size)
         if p.logit_bias:
-            self._bias = np.zeros(vocab.size)
+            self.bias = np.zeros(vocab.size)
             for i, b in p.logit_bias:
-                self._bias[i] += b
+                self.bias[i] += b
 
     def uniform(self) -> float:
         """The next number in [0, 1) of this sequence's own stream."""
@@ -149,14 +149,14 @@ class Sequence:
 
     def adjust(self, x: np.ndarray) -> None:
         """Bias and penalties on this row's logits (V,), in place (llama.cpp's and OpenAI's definitions)."""
-        if self._bias is not None:
-            x += self._bias
-        if self._recent:
-            seen = np.fromiter(set(self._recent), np.int64)
+        if self.bias is not None:
+            x += self.bias
+        if self.recent:
+            seen = np.fromiter(set(self.recent), np.int64)
             penalty = self.params.repetition_penalty
             x[seen] = np.where(x[seen] > 0, x[seen] / penalty, x[seen] * penalty)
-        if self._counts is not None:
-            x -= self.params.frequency_penalty * self._counts + self.params.presence_penalty * (self._counts > 0)
+        if self.counts is not None:
+            x -= self.params.frequency_penalty * self.counts + self.params.presence_penalty * (self.counts > 0)
 
     def append(self, char_id: int, char: str) -> None:
         """Takes the sampled character (or END) and decides whether the sequence is finished."""
@@ -165,10 +165,10 @@ class Sequence:
             self.finish_reason = "stop"
             return
         self.chars.append(char)
-        if self._recent is not None:
-            self._recent.append(char_id)
-        if self._counts is not None:
-            self._counts[char_id] += 1
+        if self.recent is not None:
+            self.recent.append(char_id)
+        if self.counts is not None:
+            self.counts[char_id] += 1
         if self.constraint is not None:
             self.state = int(self.constraint.next_state[self.state, char_id])
             if self.constraint.final[self.state] and not self.constraint.allowed[self.state].any():
@@ -186,30 +186,39 @@ class Sequence:
         if self.steps >= self.params.max_new_chars:
             self.finish_reason = "length"
 
-    def extend(self, ids: list[int], chars: list[str]) -> int:
-        """Takes several sampled characters at once, ending exactly where append() one at a time
-        would (a stop string, then the length limit). For sequences without a regex, penalties or
-        log-probabilities (the compiled decoding path). Returns how many of them it took."""
-        assert self.constraint is None and self._recent is None and self._counts is None and self.logprobs is None
+    def extend(self, ids: list[int], chars: list[str], logprobs: list[CharLogprob] | None = None) -> int:
+        """Takes several sampled characters at once (with their log-probabilities where the
+        sequence reports them), ending exactly where append() one at a time would (a stop string,
+        then the length limit). For sequences without a regex (the compiled decoding paths).
+        Returns how many of them it took."""
+        assert self.constraint is None
+        assert (logprobs is None) == (self.logprobs is None)
         take = len(ids)
+        which = ""
         if self._stop_window:
             carry = self.chars[max(0, len(self.chars) - self._stop_window + 1) :]
             text = "".join(carry) + "".join(chars)
-            end, which = len(text) + 1, ""
+            end = len(text) + 1
             for stop in self.params.stop:  # the earliest end wins; at the same end, the first listed
                 at = text.find(stop)
                 if at >= 0 and at + len(stop) < end:
                     end, which = at + len(stop), stop
             if which:
                 take = end - len(carry)
-                self.chars.extend(chars[:take])
-                self.steps += take
-                del self.chars[len(self.chars) - len(which) :]
-                self.finish_reason = "stop"
-                return take
-        self.chars.extend(chars)
+        self.chars.extend(chars[:take])
         self.steps += take
-        if self.steps >= self.params.max_new_chars:
+        if self.recent is not None:
+            self.recent.extend(ids[:take])
+        if self.counts is not None:
+            np.add.at(self.counts, ids[:take], 1)
+        if self.logprobs is not None and logprobs is not None:
+            self.logprobs.extend(logprobs[:take])
+        if which:
+            del self.chars[len(self.chars) - len(which) :]
+            if self.logprobs is not None:
+                del self.logprobs[len(self.chars) :]
+            self.finish_reason = "stop"
+        elif self.steps >= self.params.max_new_chars:
             self.finish_reason = "length"
         return take
 
@@ -249,6 +258,7 @@ class RowParams:
     min_p: np.ndarray  # (B,) float64; 0 = off
     special: np.ndarray  # (B,) bool: bias, penalties, a regex or log-probabilities (a per-row step)
     stops: np.ndarray  # (B,) bool: stop strings
+    regex: np.ndarray  # (B,) bool: a regex (the host decides each character: the one-step path)
 
     @classmethod
     def of(cls, seqs: list[Sequence]) -> RowParams:
@@ -262,6 +272,7 @@ class RowParams:
                 (s.params.adjusts_logits or s.constraint is not None or s.logprobs is not None for s in seqs), bool, n
             ),
             np.fromiter((bool(s.params.stop) for s in seqs), bool, n),
+            np.fromiter((s.constraint is not None for s in seqs), bool, n),
         )
 
     def take(self, rows) -> RowParams:

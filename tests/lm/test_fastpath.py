@@ -222,7 +222,7 @@ def test_the_compiled_sampler_draws_what_the_python_sampler_draws(vocab_size):
             masked = logits.astype(np.float64)[None]
             masked[0, 0] = -np.inf  # the UNK index, never drawn
             no = np.zeros(1, bool)
-            params = RowParams(np.array([temperature]), np.array([top_k]), np.array([top_p]), np.array([min_p]), no, no)
+            params = RowParams(np.array([temperature]), np.array([top_k]), np.array([top_p]), np.array([min_p]), no, no, no)
             assert chosen == int(_draw(masked, [_Drawn(u)], params)[0])  # type: ignore[list-item]
 
 
