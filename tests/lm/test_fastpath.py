@@ -11,6 +11,7 @@ import torch
 
 from app.lm import decode, fastpath, fastpath_large
 from app.lm import generate as generate_module
+from app.lm.constraint import compile_regex
 from app.lm.generate import DecodeBatch, generate
 from app.lm.model import CharRNN, ModelConfig
 from app.lm.prefix_cache import PrefixCache
@@ -194,6 +195,104 @@ def test_the_large_batch_path_chooses_what_the_reference_path_chooses(trained, c
     assert paths["small"] > 0 or case == "stops"  # stop strings may end every row while the batch is large
 
 
+# a logit bias, penalties and log-probabilities: sampled in compiled code on the CPU
+EXTRAS = {
+    "logprobs": SamplingParams(max_new_chars=300, logprobs=3),
+    "repetition_window_logprobs0": SamplingParams(
+        max_new_chars=300, temperature=1.0, repetition_penalty=1.3, repeat_last_n=8, logprobs=0
+    ),
+    "greedy_repetition_window": SamplingParams(max_new_chars=300, repetition_penalty=1.8, repeat_last_n=5),
+    "presence_frequency_bias": SamplingParams(
+        max_new_chars=300,
+        temperature=0.9,
+        presence_penalty=0.5,
+        frequency_penalty=0.3,
+        logit_bias=((3, 2.0), (5, -1.0)),
+    ),
+    "all_stops": SamplingParams(
+        max_new_chars=300,
+        temperature=1.0,
+        top_k=5,
+        repetition_penalty=1.2,
+        repeat_last_n=-1,
+        presence_penalty=0.2,
+        logit_bias=((7, 0.5),),
+        logprobs=20,
+        stop=("og", "ump"),
+    ),  # fmt: skip
+}
+
+
+def _outcome(seqs: list[Sequence]) -> list[tuple]:
+    """What each sequence generated: its text, why it ended, its steps, and its characters' ids
+    and alternatives' ids where it reports log-probabilities (their values: _logprob_values)."""
+    return [
+        (
+            s.text,
+            s.finish_reason,
+            s.steps,
+            None if s.logprobs is None else [(c.id, [i for i, _ in c.top]) for c in s.logprobs],
+        )
+        for s in seqs
+    ]
+
+
+def _logprob_values(seqs: list[Sequence]) -> np.ndarray:
+    return np.array([v for s in seqs for c in s.logprobs or () for v in (c.logprob, *(v for _, v in c.top))])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("path", ["small", "large"])
+def test_bias_penalties_and_logprobs_are_what_the_reference_path_gives(trained, path, dtype, monkeypatch):
+    """One batch of rows with different extras and lengths (and plain rows beside them), on either
+    compiled path, against torch's one-step path: the same text, and the same log-probabilities
+    and alternatives (to float rounding)."""
+    params = [
+        dataclasses.replace(p, max_new_chars=n) for p, n in zip(EXTRAS.values(), (120, 40, 250, 300, 200), strict=True)
+    ]
+    params += [dataclasses.replace(CASES["t1.0"], max_new_chars=90), CASES["greedy"]]
+    if path == "large":
+        monkeypatch.setitem(generate_module.FAST_MAX_STEP_FLOPS, dtype, 3 * trained.model.config.flops_per_char())
+    calls = {"small": 0, "large": 0}
+    for name, module in (("small", fastpath), ("large", fastpath_large)):
+
+        def counted(*args, name=name, decode_chunk=module.decode_chunk):
+            calls[name] += 1
+            return decode_chunk(*args)
+
+        monkeypatch.setattr(module, "decode_chunk", counted)
+
+    def run(compiled: bool, seed: int) -> list[Sequence]:
+        batch = DecodeBatch(trained.model, trained.vocab, dtype, compiled=compiled)
+        seqs = [Sequence(p, seed=seed, index=i) for i, p in enumerate(params)]
+        batch.add("the ", seqs)
+        while batch.busy:
+            batch.step(max_steps=23)
+        return seqs
+
+    for seed in (1, 2):
+        fast, ref = run(True, seed), run(False, seed)
+        for row, (got, want) in enumerate(zip(_outcome(fast), _outcome(ref), strict=True)):
+            assert got == want, (row, seed)
+        np.testing.assert_allclose(_logprob_values(fast), _logprob_values(ref), rtol=1e-4, atol=1e-4)
+        assert len(_logprob_values(fast)) > 300
+        assert any(s.finish_reason == "stop" for s in fast)
+    assert calls[path] > 0
+
+
+@pytest.mark.parametrize("case", list(EXTRAS))
+def test_a_row_with_extras_is_the_same_alone_or_in_a_crowd(trained, case):
+    """The extras are per row: a row's text and log-probabilities do not depend on its batch."""
+    alone = generate(trained.model, trained.vocab, "the ", EXTRAS[case], seed=5)
+    batch = DecodeBatch(trained.model, trained.vocab)
+    crowd = [Sequence(p, seed=5, index=0) for p in [EXTRAS[case], *EXTRAS.values(), CASES["t1.0"]]]
+    batch.add("the ", crowd)
+    while batch.busy:
+        batch.step(max_steps=31)
+    assert _outcome(crowd[:1]) == _outcome(alone)
+    np.testing.assert_array_equal(_logprob_values(crowd[:1]), _logprob_values(alone))
+
+
 class _Drawn:
     """A sequence whose next uniform number is given."""
 
@@ -222,7 +321,9 @@ def test_the_compiled_sampler_draws_what_the_python_sampler_draws(vocab_size):
             masked = logits.astype(np.float64)[None]
             masked[0, 0] = -np.inf  # the UNK index, never drawn
             no = np.zeros(1, bool)
-            params = RowParams(np.array([temperature]), np.array([top_k]), np.array([top_p]), np.array([min_p]), no, no, no)
+            params = RowParams(
+                np.array([temperature]), np.array([top_k]), np.array([top_p]), np.array([min_p]), no, no, no
+            )
             assert chosen == int(_draw(masked, [_Drawn(u)], params)[0])  # type: ignore[list-item]
 
 
@@ -295,12 +396,26 @@ def test_a_compiled_call_sees_an_interrupt_set_by_another_thread(trained, monkey
     assert 0 < batch.steps < total // 2
 
 
-def test_rows_that_need_python_per_character_take_the_reference_path(trained):
+@pytest.mark.parametrize(
+    ("params", "regex", "steps"),
+    [
+        (SamplingParams(max_new_chars=50, logprobs=2), None, 20),
+        (SamplingParams(max_new_chars=50, temperature=0.7, repetition_penalty=1.3, logit_bias=((3, 1.0),)), None, 20),
+        (SamplingParams(max_new_chars=50, presence_penalty=0.5, frequency_penalty=0.5), None, 20),
+        (SamplingParams(max_new_chars=50), "[a-z ]+", 1),
+        (SamplingParams(max_new_chars=50, logprobs=2), "[a-z ]+", 1),
+    ],
+    ids=["logprobs", "bias-repetition", "presence-frequency", "regex", "regex-logprobs"],
+)
+def test_only_a_regex_takes_the_one_step_path_on_the_cpu(trained, params, regex, steps):
+    """Log-probabilities, a logit bias and penalties are sampled in compiled code, many steps a
+    call; a regex (the host decides each character) takes one step a call."""
+    constraint = compile_regex(regex, trained.vocab) if regex else None
     batch = DecodeBatch(trained.model, trained.vocab)
-    batch.add("a", [Sequence(SamplingParams(max_new_chars=50, logprobs=2), seed=1)])
-    batch.step()
+    batch.add("a", [Sequence(params, seed=1, constraint=constraint)])
+    batch.step(max_steps=20)  # the prefix and the first character: a newcomer's call ends there
     batch.step(max_steps=20)
-    assert batch.steps == 1
+    assert batch.steps == steps
 
 
 def test_the_prefix_cache_keeps_its_state_while_the_compiled_path_updates_the_batch(trained):
