@@ -251,9 +251,10 @@ class DecodeBatch:
         start = time.perf_counter()
         work = fastpath.Chunk(
             forced, n_forced, p.temperature, p.top_k, p.top_p, p.min_p, uniforms, remaining, out, UNK_INDEX,
-            self.interrupt, int(JOIN_WAIT_SECONDS / self._seconds_per_step),
-            *(_stop_ids(seqs, self.vocab) if p.stops.any() else (None, None, None)), extras,
+            self.interrupt, int(JOIN_WAIT_SECONDS / self._seconds_per_step), extras=extras,
         )  # fmt: skip
+        if p.stops.any():
+            work.stops, work.stop_len, work.tail = _stop_ids(seqs, self.vocab)
         if self._graphs:
             self.steps = cuda_graphs.decode_chunk(self.model, self.dtype, self.state, self.logits, work)
         elif len(seqs) * self._step_flops <= FAST_MAX_STEP_FLOPS[self.dtype]:  # all in compiled code
