@@ -87,6 +87,7 @@ import torch  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import types  # noqa: E402
 from numba.extending import intrinsic as _intrinsic  # noqa: E402
+from numba.extending import overload as _overload  # noqa: E402
 
 from app.lm import decode  # noqa: E402
 from app.lm.model import CharRNN  # noqa: E402
@@ -94,6 +95,7 @@ from app.lm.model import CharRNN  # noqa: E402
 # numba's decorators, untyped for mypy: compiled functions take the arguments their Python source names
 _njit: Any = numba.njit
 intrinsic: Any = _intrinsic
+overload: Any = _overload
 
 
 # error_model="numpy": a float division by zero gives inf instead of raising, so loops with a
@@ -492,13 +494,6 @@ def _sample_row(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked):  #
     for j in range(v):
         x[j] = logits[j]
     x[unk] = -np.inf
-    return _pick(x, v, temperature, top_k, top_p, min_p, u, ranked)
-
-
-@_inlined
-def _pick(x, v, temperature, top_k, top_p, min_p, u, ranked):  # pragma: no cover - compiled
-    """The argmax of x[:v] (float64 logits, masked ones -inf) or, with a temperature, sampling._draw's
-    choice for the uniform number u. x is overwritten."""
     if temperature <= 0.0:
         best = 0
         for j in range(1, v):
@@ -566,7 +561,7 @@ def _sample_row_with_extras(
         c = counts[r]
         for j in range(v):
             x[j] -= fp * c[j] + pp * (1.0 if c[j] > 0 else 0.0)
-    i = _pick(x, v, temperature, top_k, top_p, min_p, u, ranked)
+    i = _sample_row(x, temperature, top_k, top_p, min_p, u, unk, x, ranked)  # x: the adjusted logits
     if n_logprobs[r] >= 0:
         _record_logprobs(logits, unk, i, n_logprobs[r], x, logprob[r], top_ids[r], top_logprobs[r], p)
     if penalty != 1.0:  # i joins the window, whose oldest id leaves once it is full
@@ -615,12 +610,27 @@ def _record_logprobs(logits, unk, chosen, n, x, logprob, top_ids, top_logprobs, 
         x[best] = -np.inf  # not taken again (every other logit is finite)
 
 
-@_inlined
-def _sample(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked, ex, r, p):  # pragma: no cover - compiled
-    """Row r's p-th character: _sample_row, or _sample_row_with_extras where the row has extras."""
-    if ex[0][r]:
-        return _sample_row_with_extras(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked, ex, r, p)
-    return _sample_row(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked)
+def _sample(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked, ex, r, p):  # pragma: no cover
+    """Row r's p-th character: _sample_row, or _sample_row_with_extras where the row has extras
+    (Extras as the tuple `ex`; None where no row has any). Replaced by its compiled overload."""
+    raise NotImplementedError
+
+
+@overload(_sample, inline="always")
+def _sample_compiled(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked, ex, r, p):  # pragma: no cover
+    if isinstance(ex, types.NoneType):  # no row has extras: a call's code without them
+
+        def plain(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked, ex, r, p):
+            return _sample_row(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked)
+
+        return plain
+
+    def either(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked, ex, r, p):
+        if ex[0][r]:
+            return _sample_row_with_extras(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked, ex, r, p)
+        return _sample_row(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked)
+
+    return either
 
 
 @_compiled
@@ -802,14 +812,6 @@ class Extras:
     top_ids: np.ndarray  # (B, K, M) int64: its likeliest alternatives
     top_logprobs: np.ndarray  # (B, K, M) float32: theirs
 
-    @classmethod
-    def none(cls, rows: int) -> Extras:
-        """No row has extras (the arrays other than `on` are never read)."""
-        f, i = np.zeros((1, 1)), np.zeros((1, 1), np.int64)
-        one, one_i, lp = np.ones(1), np.zeros(1, np.int64), np.zeros((1, 1), np.float32)
-        return cls(np.zeros(rows, bool), f, one, one_i, i, one_i, one_i, i, one, one, f, one_i - 1, lp,
-                   np.zeros((1, 1, 1), np.int64), np.zeros((1, 1, 1), np.float32))  # fmt: skip
-
     def args(self) -> tuple:
         return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
 
@@ -847,8 +849,6 @@ class Chunk:
 
     def __post_init__(self) -> None:
         self.interrupt_after = max(1, self.interrupt_after)
-        if self.extras is None:
-            self.extras = Extras.none(len(self.n_forced))
         if self.stops is None or self.stop_len is None or self.tail is None:  # no stop strings
             rows = len(self.n_forced)
             self.stops, self.stop_len = np.zeros((rows, 1, 1), np.int64), np.zeros((rows, 1), np.int64)
@@ -856,9 +856,8 @@ class Chunk:
 
     def args(self) -> tuple:
         """The fields both CPU paths' samplers take (not `interrupt`, which each path reads itself)."""
-        assert self.extras is not None  # set by __post_init__
         return (self.forced, self.n_forced, self.temperature, self.top_k, self.top_p, self.min_p, self.uniforms,
-                self.remaining, self.out, self.unk, self.extras.args())  # fmt: skip
+                self.remaining, self.out, self.unk, None if self.extras is None else self.extras.args())  # fmt: skip
 
     def stop_args(self) -> tuple:
         """The stop strings' fields, as the CPU paths' stop check (_a_row_stopped) takes them."""
