@@ -540,11 +540,11 @@ def _sample_row_with_extras(
     logits, temperature, top_k, top_p, min_p, u, unk, x, ranked, ex, r, p
 ):  # pragma: no cover - compiled
     """_sample_row for a row with extras (Extras, as the tuple `ex`), row r's p-th character:
-    its logit bias and penalties first (sampling.Sequence.adjust), then the same choice; the
-    character's log-probability and alternatives recorded (sampling._record_logprobs), and the
-    penalties' counts updated with it."""
+    its logit bias and penalties first (sampling.Sequence.adjust), its regex's mask, then the same
+    choice; the character's log-probability and alternatives recorded (sampling._record_logprobs),
+    and the penalties' counts and the regex's state updated with it."""
     (_, bias, repetition, window, ring, ring_fill, ring_pos, seen, presence, frequency, counts,
-     n_logprobs, logprob, top_ids, top_logprobs) = ex  # fmt: skip
+     n_logprobs, logprob, top_ids, top_logprobs, regex_state, next_state, allowed, final, dead, ended) = ex  # fmt: skip
     v = logits.shape[0]
     b = bias[r]
     for j in range(v):
@@ -561,7 +561,20 @@ def _sample_row_with_extras(
         c = counts[r]
         for j in range(v):
             x[j] -= fp * c[j] + pp * (1.0 if c[j] > 0 else 0.0)
+    state = regex_state[r]
+    if state >= 0 and not final[state]:  # only what keeps the text a prefix of a match (at a full
+        ok = allowed[state]  # match: anything, and a character that cannot continue it ends it)
+        for j in range(v):
+            if not ok[j]:
+                x[j] = -np.inf
     i = _sample_row(x, temperature, top_k, top_p, min_p, u, unk, x, ranked)  # x: the adjusted logits
+    if state >= 0:
+        if not allowed[state, i]:  # at a full match: END
+            ended[r] = True
+            return -1
+        state = next_state[state, i]
+        regex_state[r] = state
+        ended[r] = dead[state]
     if n_logprobs[r] >= 0:
         _record_logprobs(logits, unk, i, n_logprobs[r], x, logprob[r], top_ids[r], top_logprobs[r], p)
     if penalty != 1.0:  # i joins the window, whose oldest id leaves once it is full
@@ -633,6 +646,18 @@ def _sample_compiled(logits, temperature, top_k, top_p, min_p, u, unk, x, ranked
     return either
 
 
+def _ended(ex, r):  # pragma: no cover - replaced by its compiled overload
+    """Whether row r just ended at its regex (never, where no row has extras: ex is None)."""
+    raise NotImplementedError
+
+
+@overload(_ended, inline="always")
+def _ended_compiled(ex, r):  # pragma: no cover - compiled
+    if isinstance(ex, types.NoneType):
+        return lambda ex, r: False
+    return lambda ex, r: ex[-1][r]
+
+
 @_compiled
 def _a_row_stopped(t, n_forced, remaining, out, stops, stop_len, tail):  # pragma: no cover - compiled
     """Whether a row's character of step t completes one of its stop strings (a row that goes on
@@ -683,9 +708,9 @@ def _choose(
                 logits[r], temperature[r], top_k[r], top_p[r], min_p[r], uniforms[r, p], unk, x, ranked, ex, r, p
             )
             out[r, p] = i
-            ids[r] = i
+            ids[r] = max(i, 0)  # (END, -1: the row is not fed)
             active = True
-            if p + 1 < remaining[r]:  # it goes on: feed the character
+            if p + 1 < remaining[r] and not _ended(ex, r):  # it goes on: feed the character
                 rows[n] = r
                 n += 1
     return n if n > 0 or active else -1
@@ -715,6 +740,7 @@ def _decode_chunk(
     rows = np.empty(batch, np.int64)
     steps = 0
     has_stops = stop_len[:, 0].max() > 0
+    regex_end = False
     for t in range(chunk):
         if t >= interrupt_after and interrupt[0] != 0:  # set by another thread (a request arrived)
             break
@@ -734,7 +760,9 @@ def _decode_chunk(
                 out[r, p] = i
                 ids[r] = i
                 steps = t + 1
-                if p + 1 < remaining[r]:
+                if _ended(ex, r):
+                    regex_end = True
+                elif p + 1 < remaining[r]:
                     rows[n] = r
                     n += 1
         if n == 0:
@@ -744,8 +772,8 @@ def _decode_chunk(
             cell, bf16, table, wh, wx, bx, bh, fc, fc_bias,
             ids, rows, n, state, logits, acc, acc2, xin, hin, False,
         )  # fmt: skip
-        if has_stops and _a_row_stopped(t, n_forced, remaining, out, stops, stop_len, tail):
-            break  # a row ended at a stop string: its request is answered at once
+        if regex_end or (has_stops and _a_row_stopped(t, n_forced, remaining, out, stops, stop_len, tail)):
+            break  # a row ended at its regex or a stop string: its request is answered at once
     return steps
 
 
@@ -790,11 +818,12 @@ def time_steps(model: CharRNN, dtype: torch.dtype, batch: int, repeats: int, pro
 
 @dataclasses.dataclass
 class Extras:
-    """What rows with a logit bias, penalties or log-probabilities take into a call of the CPU's
-    compiled paths (sampling.Sequence.adjust and the log-probabilities of sampling.sample_next,
-    done in compiled code): B rows, V ids, up to K characters a row, M alternatives. The
-    penalties' arrays are the call's own working copies, updated as it samples; the caller
-    updates each sequence from the characters it took."""
+    """What rows with a logit bias, penalties, a regex or log-probabilities take into a call of
+    the CPU's compiled paths (what sampling.sample_next does for them, in compiled code): B rows,
+    V ids, up to K characters a row, M alternatives. The penalties' and the regex's arrays are
+    the call's own working copies, updated as it samples; the caller updates each sequence from
+    the characters it took. A row that ends at its regex samples sampling.END (-1) or reaches a
+    dead state; the call ends after that step, as at a stop string."""
 
     on: np.ndarray  # (B,) bool: the row has extras (the others are sampled as if these were absent)
     bias: np.ndarray  # (B, V) float64: added to the logits
@@ -811,6 +840,13 @@ class Extras:
     logprob: np.ndarray  # (B, K) float32: each character's log-probability
     top_ids: np.ndarray  # (B, K, M) int64: its likeliest alternatives
     top_logprobs: np.ndarray  # (B, K, M) float32: theirs
+    # a regex: the rows' automata (constraint.CharAutomaton) stacked, S states in all
+    regex_state: np.ndarray  # (B,) int64: the row's state among the stacked ones; -1 = no regex
+    next_state: np.ndarray  # (S, V) int64: the state after an id (among the stacked ones); -1 = not allowed
+    allowed: np.ndarray  # (S, V) bool
+    final: np.ndarray  # (S,) bool: the text so far is a full match
+    dead: np.ndarray  # (S,) bool: final, and nothing can follow (the row ends)
+    ended: np.ndarray  # (B,) bool, set by the call: the row ended at its regex (END, or a dead state)
 
     def args(self) -> tuple:
         return tuple(getattr(self, f.name) for f in dataclasses.fields(self))

@@ -177,6 +177,7 @@ def decode_chunk(model, dtype: torch.dtype, state: torch.Tensor, logits: torch.T
     steps = 0
     chosen = chunk.args()
     stops, has_stops = chunk.stop_args(), chunk.has_stops
+    regex_ended = chunk.extras.ended if chunk.extras is not None else None
     for t in range(chunk.out.shape[1]):
         if t >= chunk.interrupt_after and chunk.interrupt[0]:  # set by another thread (a request arrived)
             break
@@ -196,6 +197,8 @@ def decode_chunk(model, dtype: torch.dtype, state: torch.Tensor, logits: torch.T
         torch.addmm(fc_bias, last_h, w.fc, out=logits)
         if has_stops and fastpath._a_row_stopped(t, chunk.n_forced, chunk.remaining, chunk.out, *stops):
             break  # a row ended at a stop string: its request is answered at once
+        if regex_ended is not None and regex_ended.any():
+            break  # ... or at its regex
     return steps
 
 

@@ -185,8 +185,8 @@ class DecodeBatch:
         if not self.seqs:
             return []
         assert self.state is not None and self.logits is not None  # set while there are rows
-        # a regex is the host's every character; a GPU's graphs take no bias, penalties or log-probabilities
-        if self._fast and not (self.params.special if self._graphs else self.params.regex).any():
+        # a GPU's graphs take no bias, penalties, regex or log-probabilities (the CPU's paths take all)
+        if self._fast and not (self._graphs and self.params.special.any()):
             return self._compiled_steps(max_steps)
         self.steps = 1
         inputs = [f[0] if f else 0 for f in self.forced]
@@ -238,7 +238,7 @@ class DecodeBatch:
         if self._graphs:  # a recorded length
             chunk = cuda_graphs.chunk_steps(chunk)
         extras = None
-        if p.special.any():  # bias, penalties or log-probabilities (a CPU path: a GPU's take none)
+        if p.special.any():  # bias, penalties, a regex or log-probabilities (a CPU path: a GPU's take none)
             alternatives = max((s.params.logprobs or 0 for s in seqs if s.logprobs is not None), default=-1)
             if alternatives >= 0:  # a bounded record of log-probabilities
                 chunk = min(chunk, max(1, LOGPROBS_PER_CALL // (len(seqs) * (1 + alternatives))))
@@ -273,7 +273,7 @@ class DecodeBatch:
             if n:
                 ids = row[:n]
                 logprobs = _logprobs(extras, r, ids) if seq.logprobs is not None and extras is not None else None
-                self.sampled += seq.extend(ids, [chars[i] for i in ids], logprobs)
+                self.sampled += seq.extend(ids, [chars[i] if i >= 0 else "" for i in ids], logprobs)
                 if seq.finished:
                     finished.append(seq)
         if finished:
@@ -344,12 +344,43 @@ def _extras(seqs: list[Sequence], vocab_size: int, steps: int) -> fastpath.Extra
         ring_fill[r] = len(recent)
     alternatives = max(1, int(n_logprobs.max()))
     recorded = (rows, steps) if n_logprobs.max() >= 0 else (1, 1)
-    on = np.fromiter((s.params.adjusts_logits or s.logprobs is not None for s in seqs), bool, rows)
+    on = np.fromiter(
+        (s.params.adjusts_logits or s.logprobs is not None or s.constraint is not None for s in seqs), bool, rows
+    )
     return fastpath.Extras(
         on, bias, repetition, window, ring, ring_fill, np.zeros(rows, np.int64), seen, presence, frequency, counts,
         n_logprobs, np.zeros(recorded, np.float32), np.zeros((*recorded, alternatives), np.int64),
-        np.zeros((*recorded, alternatives), np.float32),
+        np.zeros((*recorded, alternatives), np.float32), *_automata(seqs, vocab_size), np.zeros(rows, bool),
     )  # fmt: skip
+
+
+def _automata(
+    seqs: list[Sequence], vocab_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """fastpath.Extras's regex_state, next_state, allowed, final and dead: the rows' automata
+    stacked (each once), their states numbered on from the one before."""
+    state = np.full(len(seqs), -1, np.int64)
+    at: dict[int, int] = {}  # id() of an automaton: its first state among the stacked ones
+    parts: list[CharAutomaton] = []
+    for r, seq in enumerate(seqs):
+        if seq.constraint is None:
+            continue
+        if id(seq.constraint) not in at:
+            at[id(seq.constraint)] = sum(a.num_states for a in parts)
+            parts.append(seq.constraint)
+        state[r] = at[id(seq.constraint)] + seq.state
+    if not parts:
+        return (
+            state,
+            np.zeros((1, vocab_size), np.int64),
+            np.zeros((1, vocab_size), bool),
+            np.zeros(1, bool),
+            np.zeros(1, bool),
+        )
+    next_state = np.concatenate([np.where(a.allowed, a.next_state + at[id(a)], -1) for a in parts])
+    allowed = np.concatenate([a.allowed for a in parts])
+    final = np.concatenate([a.final for a in parts])
+    return state, next_state, allowed, final, final & ~allowed.any(axis=1)
 
 
 def _logprobs(extras: fastpath.Extras, r: int, ids: list[int]) -> list[CharLogprob]:

@@ -189,10 +189,17 @@ class Sequence:
     def extend(self, ids: list[int], chars: list[str], logprobs: list[CharLogprob] | None = None) -> int:
         """Takes several sampled characters at once (with their log-probabilities where the
         sequence reports them), ending exactly where append() one at a time would (a stop string,
-        then the length limit). For sequences without a regex (the compiled decoding paths).
-        Returns how many of them it took."""
-        assert self.constraint is None
+        then the length limit; or, with a regex, where it ends: END). Returns how many of them it
+        took."""
         assert (logprobs is None) == (self.logprobs is None)
+        if self.constraint is not None:  # one at a time: its automaton's state, and its end
+            for k, (i, char) in enumerate(zip(ids, chars, strict=True)):
+                if logprobs is not None and self.logprobs is not None and i != END:
+                    self.logprobs.append(logprobs[k])
+                self.append(i, char)
+                if self.finished:
+                    return k + 1
+            return len(ids)
         take = len(ids)
         which = ""
         if self._stop_window:
@@ -258,7 +265,6 @@ class RowParams:
     min_p: np.ndarray  # (B,) float64; 0 = off
     special: np.ndarray  # (B,) bool: bias, penalties, a regex or log-probabilities (a per-row step)
     stops: np.ndarray  # (B,) bool: stop strings
-    regex: np.ndarray  # (B,) bool: a regex (the host decides each character: the one-step path)
 
     @classmethod
     def of(cls, seqs: list[Sequence]) -> RowParams:
@@ -272,7 +278,6 @@ class RowParams:
                 (s.params.adjusts_logits or s.constraint is not None or s.logprobs is not None for s in seqs), bool, n
             ),
             np.fromiter((bool(s.params.stop) for s in seqs), bool, n),
-            np.fromiter((s.constraint is not None for s in seqs), bool, n),
         )
 
     def take(self, rows) -> RowParams:

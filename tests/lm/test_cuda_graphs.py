@@ -214,7 +214,7 @@ def test_the_device_sampler_draws_what_the_python_sampler_draws(vocab_size):
     masked[:, 0] = -np.inf
     for r in range(rows):
         no = np.zeros(1, bool)
-        params = RowParams(temperature[r : r + 1], top_k[r : r + 1], top_p[r : r + 1], min_p[r : r + 1], no, no, no)
+        params = RowParams(temperature[r : r + 1], top_k[r : r + 1], top_p[r : r + 1], min_p[r : r + 1], no, no)
         want = (
             int(masked[r].argmax()) if temperature[r] == 0 else int(_draw(masked[r : r + 1], [_Drawn(u[r])], params)[0])
         )  # type: ignore[list-item]

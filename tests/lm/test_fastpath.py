@@ -196,31 +196,43 @@ def test_the_large_batch_path_chooses_what_the_reference_path_chooses(trained, c
 
 
 # a logit bias, penalties and log-probabilities: sampled in compiled code on the CPU
-EXTRAS = {
-    "logprobs": SamplingParams(max_new_chars=300, logprobs=3),
-    "repetition_window_logprobs0": SamplingParams(
-        max_new_chars=300, temperature=1.0, repetition_penalty=1.3, repeat_last_n=8, logprobs=0
+EXTRAS = {  # name: (parameters, regex)
+    "logprobs": (SamplingParams(max_new_chars=300, logprobs=3), None),
+    "repetition_window_logprobs0": (
+        SamplingParams(max_new_chars=300, temperature=1.0, repetition_penalty=1.3, repeat_last_n=8, logprobs=0),
+        None,
     ),
-    "greedy_repetition_window": SamplingParams(max_new_chars=300, repetition_penalty=1.8, repeat_last_n=5),
-    "presence_frequency_bias": SamplingParams(
-        max_new_chars=300,
-        temperature=0.9,
-        presence_penalty=0.5,
-        frequency_penalty=0.3,
-        logit_bias=((3, 2.0), (5, -1.0)),
+    "greedy_repetition_window": (SamplingParams(max_new_chars=300, repetition_penalty=1.8, repeat_last_n=5), None),
+    "presence_frequency_bias": (
+        SamplingParams(
+            max_new_chars=300, temperature=0.9, presence_penalty=0.5, frequency_penalty=0.3,
+            logit_bias=((3, 2.0), (5, -1.0)),
+        ),
+        None,
     ),
-    "all_stops": SamplingParams(
-        max_new_chars=300,
-        temperature=1.0,
-        top_k=5,
-        repetition_penalty=1.2,
-        repeat_last_n=-1,
-        presence_penalty=0.2,
-        logit_bias=((7, 0.5),),
-        logprobs=20,
-        stop=("og", "ump"),
-    ),  # fmt: skip
-}
+    "all_stops": (
+        SamplingParams(
+            max_new_chars=300, temperature=1.0, top_k=5, repetition_penalty=1.2, repeat_last_n=-1,
+            presence_penalty=0.2, logit_bias=((7, 0.5),), logprobs=20, stop=("og", "ump"),
+        ),
+        None,
+    ),
+    # a regex: END at a full match (the likely "." cannot continue it), and a dead end (nothing can follow)
+    "regex_end_logprobs": (SamplingParams(max_new_chars=300, temperature=1.0, logprobs=2), "[a-z ]+"),
+    "regex_dead_end": (SamplingParams(max_new_chars=300), "(quick|lazy) (brown|dog) (fox|jumps)"),
+    "regex_penalties": (
+        SamplingParams(max_new_chars=300, temperature=0.8, top_p=0.9, repetition_penalty=1.3, frequency_penalty=0.2),
+        "([a-z]+ )+[a-z]+\\.",
+    ),
+}  # fmt: skip
+
+
+def _sequences(trained, cases, seed: int) -> list[Sequence]:
+    """A Sequence for each (parameters, regex) of `cases`, seeded apart by index."""
+    return [
+        Sequence(p, seed=seed, index=i, constraint=compile_regex(rx, trained.vocab) if rx else None)
+        for i, (p, rx) in enumerate(cases)
+    ]
 
 
 def _outcome(seqs: list[Sequence]) -> list[tuple]:
@@ -243,14 +255,13 @@ def _logprob_values(seqs: list[Sequence]) -> np.ndarray:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("path", ["small", "large"])
-def test_bias_penalties_and_logprobs_are_what_the_reference_path_gives(trained, path, dtype, monkeypatch):
-    """One batch of rows with different extras and lengths (and plain rows beside them), on either
+def test_bias_penalties_regex_and_logprobs_are_what_the_reference_path_gives(trained, path, dtype, monkeypatch):
+    """One batch of rows with different extras (a regex among them) and lengths, and plain rows beside them, on either
     compiled path, against torch's one-step path: the same text, and the same log-probabilities
     and alternatives (to float rounding)."""
-    params = [
-        dataclasses.replace(p, max_new_chars=n) for p, n in zip(EXTRAS.values(), (120, 40, 250, 300, 200), strict=True)
-    ]
-    params += [dataclasses.replace(CASES["t1.0"], max_new_chars=90), CASES["greedy"]]
+    lengths = (120, 40, 250, 300, 200, 300, 300, 150)
+    cases = [(dataclasses.replace(p, max_new_chars=n), rx) for (p, rx), n in zip(EXTRAS.values(), lengths, strict=True)]
+    cases += [(dataclasses.replace(CASES["t1.0"], max_new_chars=90), None), (CASES["greedy"], None)]
     if path == "large":
         monkeypatch.setitem(generate_module.FAST_MAX_STEP_FLOPS, dtype, 3 * trained.model.config.flops_per_char())
     calls = {"small": 0, "large": 0}
@@ -264,7 +275,7 @@ def test_bias_penalties_and_logprobs_are_what_the_reference_path_gives(trained, 
 
     def run(compiled: bool, seed: int) -> list[Sequence]:
         batch = DecodeBatch(trained.model, trained.vocab, dtype, compiled=compiled)
-        seqs = [Sequence(p, seed=seed, index=i) for i, p in enumerate(params)]
+        seqs = _sequences(trained, cases, seed)
         batch.add("the ", seqs)
         while batch.busy:
             batch.step(max_steps=23)
@@ -276,16 +287,20 @@ def test_bias_penalties_and_logprobs_are_what_the_reference_path_gives(trained, 
             assert got == want, (row, seed)
         np.testing.assert_allclose(_logprob_values(fast), _logprob_values(ref), rtol=1e-4, atol=1e-4)
         assert len(_logprob_values(fast)) > 300
-        assert any(s.finish_reason == "stop" for s in fast)
+        assert [s.finish_reason for s in fast[4:7]] == ["stop"] * 3
+        assert fast[5].steps == len(fast[5].text) + 1  # END: a step, no character
+        assert fast[6].steps == len(fast[6].text)  # a dead end: its last character ends it
     assert calls[path] > 0
 
 
 @pytest.mark.parametrize("case", list(EXTRAS))
 def test_a_row_with_extras_is_the_same_alone_or_in_a_crowd(trained, case):
     """The extras are per row: a row's text and log-probabilities do not depend on its batch."""
-    alone = generate(trained.model, trained.vocab, "the ", EXTRAS[case], seed=5)
+    params, regex = EXTRAS[case]
+    constraint = compile_regex(regex, trained.vocab) if regex else None
+    alone = generate(trained.model, trained.vocab, "the ", params, seed=5, constraint=constraint)
     batch = DecodeBatch(trained.model, trained.vocab)
-    crowd = [Sequence(p, seed=5, index=0) for p in [EXTRAS[case], *EXTRAS.values(), CASES["t1.0"]]]
+    crowd = _sequences(trained, [EXTRAS[case], *EXTRAS.values(), (CASES["t1.0"], None)], seed=5)
     batch.add("the ", crowd)
     while batch.busy:
         batch.step(max_steps=31)
@@ -321,9 +336,7 @@ def test_the_compiled_sampler_draws_what_the_python_sampler_draws(vocab_size):
             masked = logits.astype(np.float64)[None]
             masked[0, 0] = -np.inf  # the UNK index, never drawn
             no = np.zeros(1, bool)
-            params = RowParams(
-                np.array([temperature]), np.array([top_k]), np.array([top_p]), np.array([min_p]), no, no, no
-            )
+            params = RowParams(np.array([temperature]), np.array([top_k]), np.array([top_p]), np.array([min_p]), no, no)
             assert chosen == int(_draw(masked, [_Drawn(u)], params)[0])  # type: ignore[list-item]
 
 
@@ -396,26 +409,16 @@ def test_a_compiled_call_sees_an_interrupt_set_by_another_thread(trained, monkey
     assert 0 < batch.steps < total // 2
 
 
-@pytest.mark.parametrize(
-    ("params", "regex", "steps"),
-    [
-        (SamplingParams(max_new_chars=50, logprobs=2), None, 20),
-        (SamplingParams(max_new_chars=50, temperature=0.7, repetition_penalty=1.3, logit_bias=((3, 1.0),)), None, 20),
-        (SamplingParams(max_new_chars=50, presence_penalty=0.5, frequency_penalty=0.5), None, 20),
-        (SamplingParams(max_new_chars=50), "[a-z ]+", 1),
-        (SamplingParams(max_new_chars=50, logprobs=2), "[a-z ]+", 1),
-    ],
-    ids=["logprobs", "bias-repetition", "presence-frequency", "regex", "regex-logprobs"],
-)
-def test_only_a_regex_takes_the_one_step_path_on_the_cpu(trained, params, regex, steps):
-    """Log-probabilities, a logit bias and penalties are sampled in compiled code, many steps a
-    call; a regex (the host decides each character) takes one step a call."""
-    constraint = compile_regex(regex, trained.vocab) if regex else None
+@pytest.mark.parametrize("case", ["logprobs", "presence_frequency_bias", "regex_penalties"])
+def test_every_sampling_option_takes_many_steps_a_call_on_the_cpu(trained, case):
+    """Log-probabilities, a logit bias, penalties and a regex are sampled in compiled code: many
+    steps a call, not torch's one-step path."""
+    [seq] = _sequences(trained, [EXTRAS[case]], seed=1)
     batch = DecodeBatch(trained.model, trained.vocab)
-    batch.add("a", [Sequence(params, seed=1, constraint=constraint)])
+    batch.add("a", [seq])
     batch.step(max_steps=20)  # the prefix and the first character: a newcomer's call ends there
     batch.step(max_steps=20)
-    assert batch.steps == steps
+    assert batch.steps == 20 or seq.finished
 
 
 def test_the_prefix_cache_keeps_its_state_while_the_compiled_path_updates_the_batch(trained):
