@@ -120,8 +120,8 @@ def step_costs(
     each costs outside the step's matrix products (each repeat's step less the products timed alone
     on the compiled path just before it: marginal_seconds).
     A character's cost is the slope between requests of new_chars and twice that (marginal_seconds),
-    a request's fixed cost reported beside it. Regex, log-probabilities and penalties take torch's
-    one-step path (Python per character)."""
+    a request's fixed cost reported beside it. On the CPU every option is sampled in compiled code
+    (fastpath.Extras); on a GPU, a regex, log-probabilities and penalties take the one-step path."""
     automaton = compile_regex(pattern, vocab)
     cases = {
         "greedy": (SamplingParams(max_new_chars=new_chars), None),

@@ -19,8 +19,9 @@ each block of eight weight rows (so each weight is read once per step for all ro
 row sums its products in the same order alone or batched.
 
 Sampling follows sampling._draw exactly, in float64, with the same random number per sampled
-character. Rows that need per-character Python (regex, log-probabilities, penalties, logit
-bias) take the one-step path instead (generate.DecodeBatch decides).
+character. Rows with a logit bias, penalties, a regex or log-probabilities are sampled here too
+(Extras: sampling.sample_next's steps for them, in compiled code); a call without such rows
+compiles to code without them (the `_sample` overload).
 """
 
 from __future__ import annotations

@@ -171,11 +171,11 @@ class DecodeBatch:
         """Every generating row gets one character, every feeding row reads one prefix character;
         finished sequences leave. Returns those that finished.
 
-        With max_steps > 1 and every row generating plainly (no regex, penalties, logit bias or
-        log-probabilities) on the compiled paths (the CPU's, or recorded CUDA graphs on a GPU), up
-        to max_steps characters per row in one call (about TICK_SECONDS of work, at most
-        cuda_graphs.MAX_STEPS on a GPU), and no more than the first row to reach its length or a
-        stop string needs. A row that just joined ends the call at its first character, so that it streams at
+        With max_steps > 1 on the compiled paths (the CPU's, whatever the rows' sampling options;
+        recorded CUDA graphs on a GPU, where no row has a regex, penalties, logit bias or
+        log-probabilities), up to max_steps characters per row in one call (about TICK_SECONDS of
+        work, at most cuda_graphs.MAX_STEPS on a GPU), and no more than the first row to reach its
+        length, a stop string or the end of its regex needs. A row that just joined ends the call at its first character, so that it streams at
         once; `interrupt` ends it at the next step once it has run JOIN_WAIT_SECONDS. While a long
         prefix is being read, one step per call between its chunks."""
         self.sampled = self.steps = 0
