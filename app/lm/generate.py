@@ -175,9 +175,10 @@ class DecodeBatch:
         recorded CUDA graphs on a GPU, where no row has a regex, penalties, logit bias or
         log-probabilities), up to max_steps characters per row in one call (about TICK_SECONDS of
         work, at most cuda_graphs.MAX_STEPS on a GPU), and no more than the first row to reach its
-        length, a stop string or the end of its regex needs. A row that just joined ends the call at its first character, so that it streams at
-        once; `interrupt` ends it at the next step once it has run JOIN_WAIT_SECONDS. While a long
-        prefix is being read, one step per call between its chunks."""
+        length, a stop string or the end of its regex needs. A row that just joined ends the call
+        at its first character, so that it streams at once; `interrupt` ends it at the next step
+        once it has run JOIN_WAIT_SECONDS. While a long prefix is being read, one step per call
+        between its chunks."""
         self.sampled = self.steps = 0
         if self._prefilling:
             self._prefill_chunk()
