@@ -38,6 +38,15 @@ TEMPERATURE = 0.8
 SINGLE_CHARS = 1000
 SINGLE_TARGET_CHARS_PER_S = 5000
 SERVER_ENV = {"CHARRNN_LOG_LEVEL": "warning", "CHARRNN_MAX_QUEUED_REQUESTS": "1024"}
+# the mixed load: client k adds MIXED_OPTIONS[k % 4] to its requests (the web page asks for
+# log-probabilities; a regex, here of exactly MAX_NEW_CHARS characters so that every request has
+# the same length, and penalties are what a writer steers with)
+MIXED_OPTIONS = [
+    {},
+    {"logprobs": 5},
+    {"regex": "[A-Za-z ,.;:!?'\\n-]{200}"},
+    {"repetition_penalty": 1.1, "presence_penalty": 0.2},
+]
 TIMEOUT = httpx.Timeout(120.0)
 
 
@@ -96,11 +105,15 @@ class Load:
         self.first_error = self.first_error or message
 
 
-async def client_loop(client: httpx.AsyncClient, url: str, load: Load, delay: float) -> None:
-    """After `delay`, posts completions back to back until the window closes; counts those that end inside it."""
+async def client_loop(client: httpx.AsyncClient, url: str, load: Load, delay: float, options: dict) -> None:
+    """After `delay`, posts completions (with `options` added) back to back until the window
+    closes; counts those that end inside it."""
     await asyncio.sleep(delay)
     while time.monotonic() < load.window_end:
-        body = {"prefix": PREFIX, "max_new_chars": MAX_NEW_CHARS, "temperature": TEMPERATURE, "seed": next(load.seeds)}
+        body = {
+            "prefix": PREFIX, "max_new_chars": MAX_NEW_CHARS, "temperature": TEMPERATURE, "seed": next(load.seeds),
+            **options,
+        }  # fmt: skip
         start = time.monotonic()
         try:
             r = await client.post(url, json=body)
@@ -118,22 +131,29 @@ async def client_loop(client: httpx.AsyncClient, url: str, load: Load, delay: fl
             load.chars += r.json()["usage"]["completion_chars"]
 
 
-async def client_group(url: str, first: int, count: int, total: int, window: tuple, warmup: float) -> Load:
-    """Clients first..first+count-1 of `total`, in this process; starts staggered over half the warm-up."""
+async def client_group(url: str, first: int, count: int, total: int, window: tuple, warmup: float, mixed: bool) -> Load:
+    """Clients first..first+count-1 of `total`, in this process; starts staggered over half the
+    warm-up. `mixed`: client k adds MIXED_OPTIONS[k % 4] to its requests."""
     load = Load(window[0], window[1], itertools.count(1_000_000 * (first + 1)))
     limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
     async with httpx.AsyncClient(limits=limits, timeout=TIMEOUT) as client:
         await asyncio.gather(
-            *(client_loop(client, url + "/complete", load, (first + i) * warmup / 2 / total) for i in range(count))
-        )
+            *(
+                client_loop(
+                    client, url + "/complete", load, (first + i) * warmup / 2 / total,
+                    MIXED_OPTIONS[(first + i) % len(MIXED_OPTIONS)] if mixed else {},
+                )
+                for i in range(count)
+            )
+        )  # fmt: skip
     return load
 
 
-def client_process(url: str, first: int, count: int, total: int, window: tuple, warmup: float) -> Load:
-    return asyncio.run(client_group(url, first, count, total, window, warmup))
+def client_process(url: str, first: int, count: int, total: int, window: tuple, warmup: float, mixed: bool) -> Load:
+    return asyncio.run(client_group(url, first, count, total, window, warmup, mixed))
 
 
-def run_load(url: str, clients: int, seconds: float, warmup: float, procs: int) -> Load:
+def run_load(url: str, clients: int, seconds: float, warmup: float, procs: int, mixed: bool = False) -> Load:
     """`clients` loops for warmup + seconds, spread over `procs` client processes so that the load
     generator's own Python does not cap the rate; in-flight requests at the end finish uncounted.
 
@@ -147,7 +167,7 @@ def run_load(url: str, clients: int, seconds: float, warmup: float, procs: int) 
     firsts = [sum(shares[:k]) for k in range(procs)]
     with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("fork")) as pool:
         futures = [
-            pool.submit(client_process, url, first, count, clients, window, warmup)
+            pool.submit(client_process, url, first, count, clients, window, warmup, mixed)
             for first, count in zip(firsts, shares, strict=True)
         ]
         parts = [f.result() for f in futures]
@@ -273,6 +293,16 @@ def serve_mode(
             load = run_load(server.url, n, args.seconds, args.warmup, args.client_procs)
             rows.append({"decode_dtype": dtype, **load_row(batching, n, load, args.seconds, roofline)})
             log.info("  %s", rows[-1])
+        if batching and probes:  # the same load, a client in four each asking log-probabilities, a regex, penalties
+            n = max(clients or args.clients)
+            log.info("batching on, %s, %d clients with mixed options", dtype, n)
+            load = run_load(server.url, n, args.seconds, args.warmup, args.client_procs, mixed=True)
+            found["mixed_options"] = {
+                "options_by_client_mod_4": MIXED_OPTIONS,
+                "decode_dtype": dtype,
+                **load_row(batching, n, load, args.seconds, roofline),
+            }
+            log.info("  %s", found["mixed_options"])
     return rows, found
 
 
@@ -374,6 +404,10 @@ def main() -> None:
             "float32_roofline_fraction_batching_on": ref_on[0]["roofline_fraction"],
             "bf16_matmul_gflop_per_s": round(matmul_bf16 / 1e9, 2),
             "bf16_roofline_chars_per_s": round(matmul_bf16 / cfg.flops_per_char(), 1),
+            "mixed_options_chars_per_s": probes["mixed_options"]["aggregate_chars_per_s"],
+            "mixed_options_vs_plain": round(
+                probes["mixed_options"]["aggregate_chars_per_s"] / max(rows_on[-1]["aggregate_chars_per_s"], 1e-9), 3
+            ),
         },
         "total_seconds": round(time.perf_counter() - started, 1),
     }
