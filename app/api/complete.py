@@ -21,25 +21,26 @@ router = APIRouter(tags=["completion"], route_class=StrictJSONRoute)
 
 
 def response_body(gen: GenerationRequest) -> dict:
+    """The body of a CompleteResponse, as a dict: the route's response_model validates it once on
+    its way out (built as a model here and dumped again, a body with log-probabilities, thousands
+    of entries, cost the event loop three passes over them)."""
     result = Completions.summary(gen)
-    choices = []
-    for c in result.choices:
-        choice = {
-            "index": c.index,
-            "text": c.prompt + c.completion,
-            "completion": c.completion,
-            "finish_reason": c.finish_reason,
-        }
-        if c.logprobs is not None:
-            choice["logprobs"] = c.logprobs
-        choices.append(choice)
-    return CompleteResponse(
-        model=result.model,
-        seed=result.seed,
-        choices=choices,
-        unknown_chars=result.unknown_chars,
-        usage={"prefix_chars": result.prompt_chars, "completion_chars": result.completion_chars},
-    ).model_dump()
+    return {
+        "model": result.model,
+        "seed": result.seed,
+        "choices": [
+            {
+                "index": c.index,
+                "text": c.prompt + c.completion,
+                "completion": c.completion,
+                "finish_reason": c.finish_reason,
+                "logprobs": c.logprobs,
+            }
+            for c in result.choices
+        ],
+        "unknown_chars": result.unknown_chars,
+        "usage": {"prefix_chars": result.prompt_chars, "completion_chars": result.completion_chars},
+    }
 
 
 async def sse_events(gen: GenerationRequest) -> AsyncIterator[dict]:
