@@ -362,32 +362,17 @@ def _tanh(x):  # pragma: no cover - compiled
 
 
 @_inlined
-def _layer_row(cell, layer, layers, table, bx, bh, char, a, hp, state, r):  # pragma: no cover - compiled
-    """One row of one layer once its products are summed (and rounded as the dtype asks): a (G*H)
-    the input and recurrent parts (a GRU's recurrent part apart, in hp). Adds the biases (layer 0:
-    the character's table row, biases included) and runs the cell into the layer's h (and an
-    LSTM's c) of row r in state (R, B, H), in place; a and hp are overwritten."""
+def _layer_row(cell, layer, layers, table, bx, bh, char, p, p2, state, r):  # pragma: no cover - compiled
+    """One row of one layer once its products are summed (and rounded as the dtype asks): p (G*H)
+    the input and recurrent parts (a GRU's recurrent part apart, in p2), float32 or bfloat16 bits.
+    Adds the biases (layer 0: the character's table row, biases included) as it reads them, and
+    runs the cell into the layer's h (and an LSTM's c) of row r in state (R, B, H), in place."""
     hidden = state.shape[2]
-    gh = a.shape[0]
-    if layer == 0:
-        t = table[char]
-        if cell == 2:
-            for j in range(gh):
-                hp[j] += bh[0, j]
-                a[j] = t[j]
-        else:
-            for j in range(gh):
-                a[j] += t[j]
-    else:
-        for j in range(gh):
-            a[j] += bx[layer, j]
-        if cell == 2:
-            for j in range(gh):
-                hp[j] += bh[layer, j]
+    add = table[char] if layer == 0 else bx[layer]  # the input side's bias (layer 0: and its input)
     h = state[layer, r]
     if cell == 0:
         for j in range(hidden):
-            h[j] = _tanh(a[j])
+            h[j] = _tanh(_widen(p[j]) + add[j])
     elif cell == 1:
         c = state[layers + layer, r]
         one = np.float32(1.0)
@@ -395,19 +380,25 @@ def _layer_row(cell, layer, layers, table, bx, bh, char, a, hp, state, r):  # pr
             # sigmoid(x) = 1 / (1 + e^-x) and, from the doubled rows, tanh(x) = (1 - e^-2x) / (1 + e^-2x):
             # i tanh(g~) and o tanh(c) each as one quotient, three divisions a unit instead of five
             # (the denominators are >= 1, and an overflow to inf gives the limit, 0)
-            ei = _exp(-a[j])
-            eg = _exp(-a[2 * hidden + j])
-            eo = _exp(-a[3 * hidden + j])
-            f = one / (one + _exp(-a[hidden + j]))
+            ei = _exp(-(_widen(p[j]) + add[j]))
+            eg = _exp(-(_widen(p[2 * hidden + j]) + add[2 * hidden + j]))
+            eo = _exp(-(_widen(p[3 * hidden + j]) + add[3 * hidden + j]))
+            f = one / (one + _exp(-(_widen(p[hidden + j]) + add[hidden + j])))
             cj = f * c[j] + (one - eg) / ((one + ei) * (one + eg))
             c[j] = cj
             ec = _exp(-(cj + cj))
             h[j] = (one - ec) / ((one + eo) * (one + ec))
-    else:
+    else:  # GRU: layer 0's input part is its table row alone (p holds no products there)
+        b = bh[layer]
         for j in range(hidden):
-            rg = _sigmoid(a[j] + hp[j])
-            z = _sigmoid(a[hidden + j] + hp[hidden + j])
-            nn = _tanh(a[2 * hidden + j] + rg * hp[2 * hidden + j])
+            xr, xz, xn = add[j], add[hidden + j], add[2 * hidden + j]
+            if layer > 0:
+                xr += _widen(p[j])
+                xz += _widen(p[hidden + j])
+                xn += _widen(p[2 * hidden + j])
+            rg = _sigmoid(xr + (_widen(p2[j]) + b[j]))
+            z = _sigmoid(xz + (_widen(p2[hidden + j]) + b[hidden + j]))
+            nn = _tanh(xn + rg * (_widen(p2[2 * hidden + j]) + b[2 * hidden + j]))
             h[j] = nn + z * (h[j] - nn)
 
 

@@ -49,7 +49,7 @@ def _as_input_compiled(v, like):  # pragma: no cover - compiled
 
 
 @_compiled
-def _layer(cell, layer, layers, table, bx, bh, ids, state, prod, prod2, inputs, upper, a, hp):  # pragma: no cover
+def _layer(cell, layer, layers, table, bx, bh, ids, state, prod, prod2, inputs, upper):  # pragma: no cover
     """Every row of one layer after its products: prod (B, G*H) the summed products (a GRU's
     recurrent part apart in prod2), as float32 or bfloat16 bits. Runs the cell into state and
     writes the new h where the next products read it, in their dtype: this layer's own recurrent
@@ -57,16 +57,8 @@ def _layer(cell, layer, layers, table, bx, bh, ids, state, prod, prod2, inputs, 
     step (the first H columns of `upper`, unless this is the last layer)."""
     batch = state.shape[1]
     hidden = state.shape[2]
-    gh = a.shape[0]
     for r in range(batch):
-        p = prod[r]
-        for j in range(gh):
-            a[j] = fastpath._widen(p[j])
-        if cell == 2:
-            p2 = prod2[r]
-            for j in range(gh):
-                hp[j] = fastpath._widen(p2[j])
-        fastpath._layer_row(cell, layer, layers, table, bx, bh, ids[r], a, hp, state, r)
+        fastpath._layer_row(cell, layer, layers, table, bx, bh, ids[r], prod[r], prod2[r], state, r)
         h = state[layer, r]
         own = inputs[r]
         base = own.shape[0] - hidden
@@ -126,8 +118,6 @@ class _Buffers:
         for k in range(layers):  # each layer's own h (rounded), read by the first step's products
             own = self.inputs[k]
             own[: state.shape[1], own.shape[1] - hidden :] = self._narrow_all(state[k].numpy())
-        self.a = np.empty(gh, np.float32)
-        self.hp = np.zeros(gh, np.float32)
 
     def multiply(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Layer k's products from its input buffers: the summed products and a GRU's recurrent
@@ -192,7 +182,7 @@ def decode_chunk(model, dtype: torch.dtype, state: torch.Tensor, logits: torch.T
             upper = buffers.lower_out[k] if k + 1 < layers else no_upper
             _layer(
                 fw.cell, k, layers, fw.table, fw.bx, fw.bh, ids, state_np, prod1, prod2,
-                buffers.inputs[k], upper, buffers.a, buffers.hp,
+                buffers.inputs[k], upper,
             )  # fmt: skip
         torch.addmm(fc_bias, last_h, w.fc, out=logits)
         if has_stops and fastpath._a_row_stopped(t, chunk.n_forced, chunk.remaining, chunk.out, *stops):
