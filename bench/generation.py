@@ -36,6 +36,7 @@ from app.lm.train import build_model, train_on_text
 from app.lm.vocab import Vocab
 
 ROOT = Path(__file__).resolve().parent.parent
+ANY_TEXT = "[\\s\\S]+"  # the regex of step_costs' all_t0.8: every character allowed, never an END
 
 
 def tutorial_sample(model: CharRNN, vocab: Vocab, out_len: int, start: str) -> str:
@@ -123,6 +124,9 @@ def step_costs(
     a request's fixed cost reported beside it. On the CPU every option is sampled in compiled code
     (fastpath.Extras); on a GPU, a regex, log-probabilities and penalties take the one-step path."""
     automaton = compile_regex(pattern, vocab)
+    # sampled (all_t0.8), a row at a full match of `pattern` ends at the first character outside it,
+    # which untrained weights draw within a few steps: there, a regex that every text matches
+    anything = compile_regex(ANY_TEXT, vocab)
     cases = {
         "greedy": (SamplingParams(max_new_chars=new_chars), None),
         "t0.8_topk40": (SamplingParams(max_new_chars=new_chars, temperature=0.8, top_k=40), None),
@@ -147,10 +151,10 @@ def step_costs(
                 logit_bias=((1, -1.0),),
                 logprobs=5,
             ),
-            automaton,
+            anything,
         ),
     }
-    out: dict = {"pattern": pattern, "new_chars": new_chars}
+    out: dict = {"pattern": pattern, "all_t0.8_pattern": ANY_TEXT, "new_chars": new_chars}
     fixed, outside = {}, {}
     products_alone = products_timer(model, dtype) if fastpath.supports(model, dtype) else None
     for name, (params, constraint) in cases.items():
