@@ -843,6 +843,18 @@ class Extras:
     def args(self) -> tuple:
         return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
 
+    @classmethod
+    def trial(cls, rows: int, vocab: int, steps: int) -> Extras:
+        """Every row with every extra (a bias, both penalties, a window, a regex whose one state
+        allows everything, two alternatives), in the types generate's Extras have: warming with
+        it compiles the code a request with extras runs (numba compiles per argument types)."""
+        f, i = (lambda *shape: np.zeros(shape)), (lambda *shape: np.zeros(shape, np.int64))
+        on, some = np.ones(rows, bool), np.full(rows, 0.1)
+        return cls(on, f(rows, vocab), some + 1.0, i(rows) + 4, i(rows, 4), i(rows), i(rows), i(rows, vocab), some,
+                   some, f(rows, vocab), i(rows) + 2, np.zeros((rows, steps), np.float32), i(rows, steps, 2),
+                   np.zeros((rows, steps, 2), np.float32), i(rows), i(1, vocab), np.ones((1, vocab), bool),
+                   np.ones(1, bool), np.zeros(1, bool), np.zeros(rows, bool))  # fmt: skip
+
 
 @dataclasses.dataclass
 class Chunk:
@@ -896,11 +908,13 @@ class Chunk:
         return self.stop_len is not None and bool(self.stop_len[:, 0].max() > 0)
 
     @classmethod
-    def trial(cls, rows: int) -> Chunk:
-        """Two steps of each of `rows` rows (one prefix id, then one greedy character): compiles the code."""
+    def trial(cls, rows: int, vocab: int | None = None) -> Chunk:
+        """Two steps of each of `rows` rows (one prefix id, then one greedy character): compiles the
+        code; with `vocab` (at least 3 ids), every row with every extra (Extras.trial)."""
         ones = np.ones(rows, np.int64)
         return cls(np.ones((rows, 1), np.int64), ones, np.zeros(rows), 2 * ones, np.ones(rows), np.zeros(rows),
-                   np.zeros((rows, 3)), 2 * ones, np.zeros((rows, 3), np.int64), 0)  # fmt: skip
+                   np.zeros((rows, 3)), 2 * ones, np.zeros((rows, 3), np.int64), 0,
+                   extras=None if vocab is None else Extras.trial(rows, vocab, 3))  # fmt: skip
 
 
 def decode_chunk(fw: FastWeights, state: np.ndarray, logits: np.ndarray, chunk: Chunk) -> int:
@@ -924,3 +938,4 @@ def warm(model: CharRNN, dtype: torch.dtype) -> None:
     state = np.zeros((cfg.state_rows, 1, cfg.hidden_size), np.float32)
     logits = np.zeros((1, cfg.vocab_size), np.float32)
     decode_chunk(fw, state, logits, Chunk.trial(1))
+    decode_chunk(fw, state, logits, Chunk.trial(1, cfg.vocab_size))  # the code for rows with extras

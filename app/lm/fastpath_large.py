@@ -193,10 +193,12 @@ def decode_chunk(model, dtype: torch.dtype, state: torch.Tensor, logits: torch.T
 
 
 def warm(model, dtype: torch.dtype) -> None:
-    """Compiles (or loads from numba's disk cache) this path's code for this dtype: two rows, two steps."""
+    """Compiles (or loads from numba's disk cache) this path's code for this dtype: two rows, two
+    steps, without extras and with them."""
     cfg = model.config
     rows = 2
     state = torch.zeros(cfg.state_rows, rows, cfg.hidden_size)
     logits = torch.zeros(rows, cfg.vocab_size)
     with torch.inference_mode():
         decode_chunk(model, dtype, state, logits, fastpath.Chunk.trial(rows))
+        decode_chunk(model, dtype, state, logits, fastpath.Chunk.trial(rows, cfg.vocab_size))

@@ -378,7 +378,7 @@ def _automata(
             np.zeros(1, bool),
             np.zeros(1, bool),
         )
-    next_state = np.concatenate([np.where(a.allowed, a.next_state + at[id(a)], -1) for a in parts])
+    next_state = np.concatenate([np.where(a.allowed, a.next_state.astype(np.int64) + at[id(a)], -1) for a in parts])
     allowed = np.concatenate([a.allowed for a in parts])
     final = np.concatenate([a.final for a in parts])
     return state, next_state, allowed, final, final & ~allowed.any(axis=1)

@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -306,6 +308,55 @@ def test_a_row_with_extras_is_the_same_alone_or_in_a_crowd(trained, case):
         batch.step(max_steps=31)
     assert _outcome(crowd[:1]) == _outcome(alone)
     np.testing.assert_array_equal(_logprob_values(crowd[:1]), _logprob_values(alone))
+
+
+WARMED_PROCESS = """
+import dataclasses, sys
+import torch
+from app.lm import fastpath, fastpath_large
+from app.lm import generate as g
+from app.lm.constraint import compile_regex
+from app.lm.model import ModelConfig
+from app.lm.sampling import SamplingParams, Sequence
+from app.lm.train import build_model
+from app.lm.vocab import Vocab
+
+vocab = Vocab.from_text("the quick brown fox jumps over the lazy dog.")
+model = build_model(ModelConfig(vocab_size=vocab.size, cell="lstm", hidden_size=16, num_layers=2), seed=0).eval()
+dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[sys.argv[1]]
+g.warm(model, dtype)
+compiled = [fastpath._decode_chunk, fastpath._choose, fastpath_large._layer]
+before = [len(f.signatures) for f in compiled]
+options = [
+    (SamplingParams(max_new_chars=30, temperature=1.0, logprobs=3, repetition_penalty=1.2, repeat_last_n=4), None),
+    (SamplingParams(max_new_chars=30, logit_bias=((3, 1.0),), presence_penalty=0.5, frequency_penalty=0.5), None),
+    (SamplingParams(max_new_chars=30, temperature=0.7, top_k=3), "[a-z ]+"),
+    (SamplingParams(max_new_chars=30), None),
+]
+for large in (False, True):
+    if large:
+        g.FAST_MAX_STEP_FLOPS[dtype] = 2 * model.config.flops_per_char()
+    for rows in (options, options[:1], options[2:3]):  # a regex among the rows, or none
+        batch = g.DecodeBatch(model, vocab, dtype)
+        seqs = [Sequence(p, 1, i, compile_regex(rx, vocab) if rx else None) for i, (p, rx) in enumerate(rows)]
+        batch.add("the ", seqs)
+        while batch.busy:
+            batch.step(max_steps=10)
+print([len(f.signatures) for f in compiled], before)
+assert [len(f.signatures) for f in compiled] == before
+"""
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_warming_compiles_what_requests_with_extras_run(dtype):
+    """numba compiles per argument types: warm() must cover the types of every call a request
+    makes, extras included, or the first such request would wait for a compile (seconds) with
+    every row of its batch. In a fresh process: in this one, other tests compiled them already."""
+    done = subprocess.run(
+        [sys.executable, "-c", WARMED_PROCESS, dtype], capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 class _Drawn:
