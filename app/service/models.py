@@ -63,8 +63,9 @@ class Models:
 
     def _loaded_model(self, checkpoint: Checkpoint) -> LoadedModel:
         dtype = decode_dtype(self.settings.decode_precision, self.device, checkpoint.model.config.hidden_size)
-        if self.settings.compiled_decoding:
-            generate.warm(checkpoint.model, dtype)  # the first request should not wait for a compiler
+        if self.settings.compiled_decoding:  # the first request should not wait for a compiler
+            for warmed in dict.fromkeys((dtype, torch.float32)):  # log-probabilities decode in float32
+                generate.warm(checkpoint.model, warmed)
         return LoadedModel(checkpoint.name, checkpoint.model, checkpoint.vocab, checkpoint.meta, dtype)
 
     def swap_in(self, checkpoint: Checkpoint) -> LoadedModel:
