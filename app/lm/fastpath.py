@@ -885,7 +885,7 @@ class Chunk:
     stops: np.ndarray | None = None
     stop_len: np.ndarray | None = None
     tail: np.ndarray | None = None
-    extras: Extras | None = None  # rows with a logit bias, penalties or log-probabilities
+    extras: Extras | None = None  # rows with a logit bias, penalties, a regex or log-probabilities
 
     def __post_init__(self) -> None:
         self.interrupt_after = max(1, self.interrupt_after)
