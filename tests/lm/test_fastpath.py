@@ -168,6 +168,19 @@ def test_the_large_batch_path_gives_a_row_the_same_numbers_in_any_batch(dtype):
         torch.set_num_threads(threads)
 
 
+def _count_calls(monkeypatch) -> dict[str, int]:
+    """The calls of each CPU path's decode_chunk (small: fastpath, large: fastpath_large), counted from now."""
+    calls = {"small": 0, "large": 0}
+    for name, module in (("small", fastpath), ("large", fastpath_large)):
+
+        def counted(*args, name=name, decode_chunk=module.decode_chunk):
+            calls[name] += 1
+            return decode_chunk(*args)
+
+        monkeypatch.setattr(module, "decode_chunk", counted)
+    return calls
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", ["greedy", "t0.8_topk5", "t1.2_topp0.9_minp", "stops"])
 def test_the_large_batch_path_chooses_what_the_reference_path_chooses(trained, case, dtype, monkeypatch):
@@ -175,14 +188,7 @@ def test_the_large_batch_path_chooses_what_the_reference_path_chooses(trained, c
     and ends on the small one; every row as torch's one-step path would have it."""
     params = [dataclasses.replace(CASES[case], max_new_chars=n) for n in (40, 90, 300, 150, 300, 7)]
     monkeypatch.setitem(generate_module.FAST_MAX_STEP_FLOPS, dtype, 3 * trained.model.config.flops_per_char())
-    paths = {"small": 0, "large": 0}
-    for name, module in (("small", fastpath), ("large", fastpath_large)):
-
-        def counted(*args, name=name, decode_chunk=module.decode_chunk):
-            paths[name] += 1
-            return decode_chunk(*args)
-
-        monkeypatch.setattr(module, "decode_chunk", counted)
+    paths = _count_calls(monkeypatch)
 
     def run(compiled: bool) -> list[tuple[str, str | None, int]]:
         batch = DecodeBatch(trained.model, trained.vocab, dtype, compiled=compiled)
@@ -258,22 +264,15 @@ def _logprob_values(seqs: list[Sequence]) -> np.ndarray:
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("path", ["small", "large"])
 def test_bias_penalties_regex_and_logprobs_are_what_the_reference_path_gives(trained, path, dtype, monkeypatch):
-    """One batch of rows with different extras (a regex among them) and lengths, and plain rows beside them, on either
-    compiled path, against torch's one-step path: the same text, and the same log-probabilities
-    and alternatives (to float rounding)."""
+    """One batch of rows with different extras (a regex among them) and lengths, and plain rows
+    beside them, on either compiled path, against torch's one-step path: the same text, and the
+    same log-probabilities and alternatives (to float rounding)."""
     lengths = (120, 40, 250, 300, 200, 300, 300, 150)
     cases = [(dataclasses.replace(p, max_new_chars=n), rx) for (p, rx), n in zip(EXTRAS.values(), lengths, strict=True)]
     cases += [(dataclasses.replace(CASES["t1.0"], max_new_chars=90), None), (CASES["greedy"], None)]
     if path == "large":
         monkeypatch.setitem(generate_module.FAST_MAX_STEP_FLOPS, dtype, 3 * trained.model.config.flops_per_char())
-    calls = {"small": 0, "large": 0}
-    for name, module in (("small", fastpath), ("large", fastpath_large)):
-
-        def counted(*args, name=name, decode_chunk=module.decode_chunk):
-            calls[name] += 1
-            return decode_chunk(*args)
-
-        monkeypatch.setattr(module, "decode_chunk", counted)
+    calls = _count_calls(monkeypatch)
 
     def run(compiled: bool, seed: int) -> list[Sequence]:
         batch = DecodeBatch(trained.model, trained.vocab, dtype, compiled=compiled)
