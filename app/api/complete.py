@@ -20,11 +20,11 @@ from app.service.scoring import as_dict
 router = APIRouter(tags=["completion"], route_class=StrictJSONRoute)
 
 
-def response_body(gen: GenerationRequest) -> dict:
+def response_body(gen: GenerationRequest, logprobs: bool = True) -> dict:
     """The body of a CompleteResponse, as a dict: the route's response_model validates it once on
     its way out (built as a model here and dumped again, a body with log-probabilities, thousands
     of entries, cost the event loop three passes over them)."""
-    result = Completions.summary(gen)
+    result = Completions.summary(gen, logprobs)
     return {
         "model": result.model,
         "seed": result.seed,
@@ -64,7 +64,7 @@ async def sse_events(gen: GenerationRequest) -> AsyncIterator[dict]:
     except GenerationError as exc:
         yield {"data": json.dumps({"error": {"type": "internal_error", "message": str(exc)}})}
         return
-    body = response_body(gen)
+    body = response_body(gen, logprobs=False)  # they went out with the text
     body["choices"] = [{"index": c["index"], "text": "", "finish_reason": c["finish_reason"]} for c in body["choices"]]
     yield {"data": json.dumps(body, ensure_ascii=False)}
     yield {"data": "[DONE]"}

@@ -46,6 +46,7 @@ class CharAutomaton:
     next_state: np.ndarray  # (S, V) int32: the state after appending an id; -1 where it is not allowed
     allowed: np.ndarray  # (S, V) bool: next_state >= 0; the UNK column is always False
     final: np.ndarray  # (S,) bool: the text so far is a full match
+    dead: np.ndarray  # (S,) bool: a full match that nothing can continue (generation ends there)
 
     @property
     def num_states(self) -> int:
@@ -386,9 +387,10 @@ def _tables(pattern: str, fsm: interegular.FSM, chars: tuple[str | None, ...], c
     next_state = np.where(kept >= 0, renumber[np.maximum(kept, 0)], -1).astype(np.int32)  # dead targets -> -1
     allowed = next_state >= 0
     final = final[order]
-    for array in (next_state, allowed, final):
+    dead = final & ~allowed.any(axis=1)
+    for array in (next_state, allowed, final, dead):
         array.setflags(write=False)
-    return CharAutomaton(pattern=pattern, initial=0, next_state=next_state, allowed=allowed, final=final)
+    return CharAutomaton(pattern=pattern, initial=0, next_state=next_state, allowed=allowed, final=final, dead=dead)
 
 
 def _reaches(raw: np.ndarray, final: np.ndarray) -> np.ndarray:

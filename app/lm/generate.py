@@ -381,7 +381,7 @@ def _automata(
     next_state = np.concatenate([np.where(a.allowed, a.next_state.astype(np.int64) + at[id(a)], -1) for a in parts])
     allowed = np.concatenate([a.allowed for a in parts])
     final = np.concatenate([a.final for a in parts])
-    return state, next_state, allowed, final, final & ~allowed.any(axis=1)
+    return state, next_state, allowed, final, np.concatenate([a.dead for a in parts])
 
 
 def _logprobs(extras: fastpath.Extras, r: int, ids: list[int]) -> list[CharLogprob]:

@@ -171,7 +171,7 @@ class Sequence:
             self.counts[char_id] += 1
         if self.constraint is not None:
             self.state = int(self.constraint.next_state[self.state, char_id])
-            if self.constraint.final[self.state] and not self.constraint.allowed[self.state].any():
+            if self.constraint.dead[self.state]:
                 self.finish_reason = "stop"  # a complete match that nothing can continue
                 return
         if self._stop_window:

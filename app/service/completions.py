@@ -85,19 +85,21 @@ class Completions:
         return gen
 
     @staticmethod
-    def summary(gen: GenerationRequest) -> Completion:
+    def summary(gen: GenerationRequest, logprobs: bool = True) -> Completion:
+        """The finished completion; `logprobs`=False leaves its log-probabilities out (a stream's
+        final event: they went out with the text)."""
         vocab = gen.loaded.vocab
         choices = []
         for s in gen.seqs:
             prompt = gen.prompts[s.index // gen.n]
-            logprobs = None
-            if s.logprobs is not None:
-                logprobs = []
+            chars = None
+            if s.logprobs is not None and logprobs:
+                chars = []
                 if gen.prompt_logprobs is not None:  # echo: the prompt's own, character by character
                     echoed = gen.prompt_logprobs[s.index // gen.n]
-                    logprobs = [as_dict(lp, vocab, c) for lp, c in zip(echoed, prompt, strict=True)]
-                logprobs += [as_dict(lp, vocab) for lp in s.logprobs]
-            choices.append(ChoiceResult(s.index, prompt, s.text, s.finish_reason or "length", logprobs))
+                    chars = [as_dict(lp, vocab, c) for lp, c in zip(echoed, prompt, strict=True)]
+                chars += [as_dict(lp, vocab) for lp in s.logprobs]
+            choices.append(ChoiceResult(s.index, prompt, s.text, s.finish_reason or "length", chars))
         return Completion(
             model=gen.loaded.name,
             seed=gen.seed,
