@@ -102,6 +102,8 @@ class GenerationRequest:
 
     def __post_init__(self) -> None:
         self.seqs = [Sequence(self.params, self.seed, i, self.constraint) for i in range(self.n * len(self.prompts))]
+        for seq in self.seqs:
+            seq.streamed = self.stream
 
     @property
     def rows(self) -> int:

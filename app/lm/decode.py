@@ -9,6 +9,7 @@ from typing import Any, overload
 import torch
 from torch import nn
 
+from app.lm import blas
 from app.lm.model import CharRNN
 
 
@@ -119,20 +120,26 @@ def bf16_product(
     model: CharRNN, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """x (B, K) @ weight (K, N), both bfloat16, one of the model's decode weights, on the CPU: in
-    blocks of BF16_BLOCK_ROWS rows (a last short block padded with zero rows), by oneDNN's linear
-    with the weight packed once for that shape (kept beside the decode weights; torch.mm of the
-    same blocks where this torch cannot pack it). oneDNN picks its kernel by the number of rows,
-    and kernels sum in orders of their own: a bf16 product of 33 rows of 512 inputs rounded a row
-    otherwise than the same row among 64 (one thread; after 20 steps the state differed by up to
-    3e-4). With every product 64 rows, a row's result is the same in any batch; and on the Xeon
-    the packed product of 64 rows takes less time than torch.mm of 9 (512 x 1024: 110 us vs 146)."""
+    blocks of BF16_BLOCK_ROWS rows (a last short block padded with zero rows), float32 sums
+    rounded to bfloat16. BLAS libraries pick their kernel by the number of rows, and kernels sum
+    in orders of their own: a bf16 product of 33 rows of 512 inputs rounded a row otherwise than
+    the same row among 64 (one thread; after 20 steps the state differed by up to 3e-4). With
+    every product 64 rows, a row's result is the same in any batch.
+
+    The product is MKL's (blas.gemm_bf16: the one the large batch path calls from compiled code,
+    so the two agree bit for bit); where this torch has no MKL, oneDNN's linear with the weight
+    packed once for that shape (kept beside the decode weights), or torch.mm of the same blocks."""
     rows, block = x.shape[0], BF16_BLOCK_ROWS
-    matrix, packed = _packed(model, weight)
+    mkl = blas.available()
+    matrix, packed = (weight, None) if mkl else _packed(model, weight)
+    sums = torch.empty(block, weight.shape[1]) if mkl else None
     for k in range(0, rows, block):
         part = x[k : k + block]
         if part.shape[0] < block:
             part = torch.cat((part, part.new_zeros(block - part.shape[0], part.shape[1])))
-        if packed is None:
+        if sums is not None:
+            y = blas.gemm_bf16(part.contiguous(), matrix, sums).to(torch.bfloat16)
+        elif packed is None:
             y = torch.mm(part, matrix)
         else:
             y = torch.ops.mkldnn._linear_pointwise(part, packed, None, "none", [], "")

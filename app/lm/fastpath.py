@@ -650,6 +650,18 @@ def _ended_compiled(ex, r):  # pragma: no cover - compiled
     return lambda ex, r: ex[-1][r]
 
 
+def _any_ended(ex):  # pragma: no cover - replaced by its compiled overload
+    """Whether any row just ended at its regex (never, where no row has extras: ex is None)."""
+    raise NotImplementedError
+
+
+@overload(_any_ended, inline="always")
+def _any_ended_compiled(ex):  # pragma: no cover - compiled
+    if isinstance(ex, types.NoneType):
+        return lambda ex: False
+    return lambda ex: ex[-1].any()
+
+
 @_compiled
 def _a_row_stopped(t, n_forced, remaining, out, stops, stop_len, tail):  # pragma: no cover - compiled
     """Whether a row's character of step t completes one of its stop strings (a row that goes on

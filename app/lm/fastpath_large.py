@@ -19,17 +19,20 @@ compiled code, as on the small path), so that its request is answered at once.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import torch
+from llvmlite import ir  # type: ignore[import-untyped]
 from numba import types
 from numba.extending import overload as _overload
 
-from app.lm import decode, fastpath
+from app.lm import blas, decode, fastpath
 
 _compiled = fastpath._compiled
 overload: Any = _overload
+intrinsic: Any = fastpath.intrinsic
 
 
 def _as_input(v, like):  # pragma: no cover - replaced by its compiled overload
@@ -68,6 +71,147 @@ def _layer(cell, layer, layers, table, bx, bh, ids, state, prod, prod2, inputs, 
             up = upper[r]
             for j in range(hidden):
                 up[j] = own[base + j]
+
+
+# ---- MKL's products from compiled code (app/lm/blas.py says why) ---------------------------------
+
+
+@intrinsic
+def _gemm_bf16(typingctx, fn, m, n, k, a, lda, b, ldb, c, ldc):  # pragma: no cover - compiled
+    """c (m x n, float32) = a (m x k) @ b (k x n), a and b bfloat16 bits, row-major: addresses and
+    leading dimensions (in elements) as int64; fn is cblas_gemm_bf16bf16f32's address."""
+    sig = types.void(*([types.int64] * 10))
+
+    def codegen(context, builder, signature, args):
+        i32, f32, ptr = ir.IntType(32), ir.FloatType(), ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i32, i32, i32, f32, ptr, i32, ptr, i32, f32, ptr, i32])
+        f, m_, n_, k_, a_, lda_, b_, ldb_, c_, ldc_ = args
+
+        def i(v):
+            return builder.trunc(v, i32)
+
+        def p(v):
+            return builder.inttoptr(v, ptr)
+
+        layout, plain = i32(blas.ROW_MAJOR), i32(blas.NO_TRANSPOSE)
+        builder.call(
+            builder.inttoptr(f, fnty.as_pointer()),
+            [layout, plain, plain, i(m_), i(n_), i(k_), f32(1.0), p(a_), i(lda_), p(b_), i(ldb_), f32(0.0),
+             p(c_), i(ldc_)],
+        )  # fmt: skip
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _sgemm(typingctx, fn, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):  # pragma: no cover - compiled
+    """Fortran's sgemm (column-major; every argument by its address, as int64); fn: its address."""
+    sig = types.void(*([types.int64] * 14))
+
+    def codegen(context, builder, signature, args):
+        ptr = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [ptr] * 13)
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [builder.inttoptr(v, ptr) for v in args[1:]])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@fastpath._inlined
+def _product_f32(fn, x, w, c, beta, dims, scalars):  # pragma: no cover - compiled
+    """c (B x N) = x (B x K) @ w (K x N) + beta c, row-major float32, by Fortran's sgemm as torch.mm
+    calls it (c^T = w^T x^T in its column-major terms): bit for bit torch.mm's (torch.addmm's with
+    c holding the bias and beta 1). dims (int32[6]), scalars (float32[2]), letters ('N') its scratch."""
+    dims[0], dims[1], dims[2] = w.shape[1], x.shape[0], x.shape[1]
+    dims[3], dims[4], dims[5] = w.strides[0] // 4, x.strides[0] // 4, c.strides[0] // 4
+    dims[6] = 78  # "N": neither transposed
+    scalars[0], scalars[1] = 1.0, beta
+    d, s = dims.ctypes.data, scalars.ctypes.data
+    letter = d + 24
+    _sgemm(
+        fn, letter, letter, d, d + 4, d + 8, s, w.ctypes.data, d + 12, x.ctypes.data, d + 16, s + 4, c.ctypes.data,
+        d + 20,
+    )  # fmt: skip
+
+
+@fastpath._inlined
+def _product(fns, bf16, x, w, c, rows, dims, scalars):  # pragma: no cover - compiled
+    """c[:rows] = x[:rows] @ w in float32 sums: bfloat16 in blocks of decode.BF16_BLOCK_ROWS rows
+    (x and c have whole blocks; decode.bf16_product says why), rounded to bfloat16; float32 as
+    torch.mm multiplies the rows."""
+    if not bf16:
+        _product_f32(fns[1], x[:rows], w, c[:rows], np.float32(0.0), dims, scalars)
+        return
+    block = BF16_BLOCK_ROWS
+    k, n = x.shape[1], w.shape[1]
+    for b in range(0, rows, block):
+        _gemm_bf16(
+            fns[0], block, n, k, x[b:].ctypes.data, x.strides[0] // 2, w.ctypes.data, w.strides[0] // 2,
+            c[b:].ctypes.data, c.strides[0] // 4,
+        )  # fmt: skip
+    for r in range(rows):
+        fastpath._round_bf16(c[r], n)
+
+
+BF16_BLOCK_ROWS = decode.BF16_BLOCK_ROWS
+_GRU = fastpath.CELL_CODES["gru"]
+
+
+@_compiled
+def _decode_chunk_blas(
+    fns, cell, bf16, table, wcat, bx, bh, fc, fc_bias, state, logits, inputs, prod, prod2,
+    forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk, ex,
+    stops, stop_len, tail, interrupt, interrupt_after,
+):  # fmt: skip  # pragma: no cover - compiled
+    """decode_chunk's steps in one compiled call, holding no GIL: MKL's products (fns: the
+    functions' addresses) into prod (a GRU's recurrent part in prod2), _layer for the cells, the
+    output layer by sgemm as torch.addmm computes it, _choose for the sampling. inputs (L, B', 2H):
+    each layer's [x h] as the products read them (float32, or bfloat16 bits), wcat (L, 2H, G*H) the
+    matching matrices (layer 0: h's rows only)."""
+    batch, vocab = logits.shape
+    layers, hidden = wcat.shape[0], state.shape[2]
+    gru = cell == _GRU
+    dims = np.zeros(7, np.int32)
+    scalars = np.zeros(2, np.float32)
+    ids = np.zeros(batch, np.int64)
+    rows = np.empty(batch, np.int64)
+    x = np.empty(vocab, np.float64)
+    ranked = np.empty(vocab, np.float64)
+    last_h = state[layers - 1]
+    has_stops = stop_len[:, 0].max() > 0
+    steps = 0
+    for t in range(out.shape[1]):
+        if t >= interrupt_after and interrupt[0] != 0:  # set by another thread (a request arrived)
+            break
+        n = fastpath._choose(
+            t, logits, forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk, ex,
+            ids, rows, x, ranked,
+        )  # fmt: skip
+        if n < 0:
+            break
+        steps = t + 1
+        if n == 0:
+            break
+        for k in range(layers):
+            own = inputs[k]
+            if not gru:  # one sum: [x h] @ [W_ih; W_hh] (layer 0: h @ W_hh; its input is a table row)
+                start = hidden if k == 0 else 0
+                _product(fns, bf16, own[:, start:], wcat[k, start:], prod, batch, dims, scalars)
+            else:  # the reset gate scales only the recurrent part: the two apart
+                if k > 0:
+                    _product(fns, bf16, own[:, :hidden], wcat[k, :hidden], prod, batch, dims, scalars)
+                _product(fns, bf16, own[:, hidden:], wcat[k, hidden:], prod2, batch, dims, scalars)
+            upper = inputs[k + 1] if k + 1 < layers else own
+            _layer(cell, k, layers, table, bx, bh, ids, state, prod, prod2, own, upper)
+        for r in range(batch):
+            logits[r] = fc_bias
+        _product_f32(fns[1], last_h, fc, logits, np.float32(1.0), dims, scalars)
+        if has_stops and fastpath._a_row_stopped(t, n_forced, remaining, out, stops, stop_len, tail):
+            break  # a row ended at a stop string: its request is answered at once
+        if fastpath._any_ended(ex):
+            break  # ... or at its regex
+    return steps
 
 
 class _Buffers:
@@ -147,10 +291,65 @@ class _Buffers:
         return x
 
 
+@dataclasses.dataclass(frozen=True)
+class _BlasWeights:
+    """The matrices as _decode_chunk_blas multiplies them: per layer [W_ih; W_hh] transposed
+    (L, 2H, G*H) (layer 0: zeros where W_ih would be; its input is a table row), float32 or
+    bfloat16 bits; the output layer (H, V) float32."""
+
+    wcat: np.ndarray
+    fc: np.ndarray
+
+
+def _blas_weights(model, dtype: torch.dtype) -> _BlasWeights:
+    """Built from decode_weights (and cached with it: rebuilt whenever a parameter changes)."""
+    w = decode.decode_weights(model, dtype)
+    cached = decode.extra(model, dtype, "blas")
+    if cached is not None:
+        return cached
+    hidden = model.config.hidden_size
+    wcat = torch.zeros(len(w.w_hh), 2 * hidden, w.w_hh[0].shape[1], dtype=dtype)
+    for k, (h, cat) in enumerate(zip(w.w_hh, w.w_cat, strict=True)):
+        if cat is None:
+            wcat[k, hidden:] = h
+        else:
+            wcat[k] = cat
+    bits = wcat.view(torch.int16).numpy().view(np.uint16) if dtype == torch.bfloat16 else wcat.numpy()
+    built = _BlasWeights(wcat=bits, fc=w.fc.numpy())
+    decode.extra(model, dtype, "blas", built)
+    return built
+
+
 def decode_chunk(model, dtype: torch.dtype, state: torch.Tensor, logits: torch.Tensor, chunk: fastpath.Chunk) -> int:
     """The steps of `chunk` for a large batch: state (R, B, H) and logits (B, V) (float32,
     contiguous) updated in place. Returns the steps taken. A row that finished has stale state
-    and logits."""
+    and logits. With MKL (blas.available()), one compiled call of all the steps; else torch's
+    products driven from here, a step at a time."""
+    if blas.available():
+        return _decode_chunk_with_blas(model, dtype, state, logits, chunk)
+    return _decode_chunk_with_torch(model, dtype, state, logits, chunk)
+
+
+def _decode_chunk_with_blas(model, dtype, state, logits, chunk: fastpath.Chunk) -> int:
+    fw = fastpath.fast_weights(model, dtype)
+    bw = _blas_weights(model, dtype)
+    batch, hidden = state.shape[1], state.shape[2]
+    bf16 = dtype == torch.bfloat16
+    rows = -(-batch // BF16_BLOCK_ROWS) * BF16_BLOCK_ROWS if bf16 else batch  # whole blocks; padding stays zero
+    gates = bw.wcat.shape[2]
+    inputs = torch.zeros(fw.layers, rows, 2 * hidden, dtype=dtype)
+    inputs[:, :batch, hidden:] = state[: fw.layers]  # each layer's own h (rounded), read by the first products
+    inputs_np = inputs.view(torch.int16).numpy().view(np.uint16) if bf16 else inputs.numpy()
+    prod = np.zeros((rows, gates), np.float32)
+    prod2 = np.zeros((rows, gates), np.float32) if fw.cell == _GRU else prod
+    return _decode_chunk_blas(
+        blas.functions(), fw.cell, bf16, fw.table, bw.wcat, fw.bx, fw.bh, bw.fc, fw.fc_bias,
+        state.numpy(), logits.numpy(), inputs_np, prod, prod2, *chunk.args(), *chunk.stop_args(),
+        chunk.interrupt, chunk.interrupt_after,
+    )  # fmt: skip
+
+
+def _decode_chunk_with_torch(model, dtype, state, logits, chunk: fastpath.Chunk) -> int:
     fw = fastpath.fast_weights(model, dtype)
     w = decode.decode_weights(model, dtype)
     buffers = _Buffers(model, w, state, dtype)

@@ -231,9 +231,14 @@ class DecodeBatch:
         remaining = np.fromiter((s.params.max_new_chars - s.steps for s in seqs), np.int64, len(seqs))
         ends = n_forced + remaining  # the step at which each row reaches its length
         p = self.params
-        chunk = int(min(max_steps, ends.min()))  # a row that reaches its length ends the call: answered at once
-        fresh = np.fromiter((s.steps == 0 for s in seqs), bool, len(seqs))
-        if fresh.any():  # a row that just joined: this call ends at its first character (time to first character)
+        join_wait = int(JOIN_WAIT_SECONDS / self._seconds_per_step)
+        # a row that reaches its length ends the call, once the call has run JOIN_WAIT_SECONDS (its
+        # request is answered no later than a newcomer joins): a large batch, where some row ends
+        # every step or two, is not cut into calls of a step each (each a return to Python, which
+        # waits for the GIL while the event loop holds it)
+        chunk = int(min(max_steps, max(ends.min(), min(join_wait, ends.max()))))
+        fresh = np.fromiter((s.steps == 0 and s.streamed for s in seqs), bool, len(seqs))
+        if fresh.any():  # a streamed row that just joined: this call ends at its first character
             chunk = min(chunk, int(n_forced[fresh].min()) + 1)
         chunk = max(1, min(chunk, int(TICK_SECONDS / self._seconds_per_step)))
         if self._graphs:  # a recorded length
@@ -252,7 +257,7 @@ class DecodeBatch:
         start = time.perf_counter()
         work = fastpath.Chunk(
             forced, n_forced, p.temperature, p.top_k, p.top_p, p.min_p, uniforms, remaining, out, UNK_INDEX,
-            self.interrupt, int(JOIN_WAIT_SECONDS / self._seconds_per_step), extras=extras,
+            self.interrupt, join_wait, extras=extras,
         )  # fmt: skip
         if p.stops.any():
             work.stops, work.stop_len, work.tail = _stop_ids(seqs, self.vocab)

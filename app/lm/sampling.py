@@ -89,6 +89,7 @@ class Sequence:
         self.steps = 0  # characters sampled, including any that a stop string later removed
         self.finish_reason: str | None = None
         self._released = 0  # characters already handed to a stream
+        self.streamed = False  # its characters go out as they come (its first one is awaited)
         self._stop_window = max((len(s) for s in params.stop), default=0)
         # the stop strings as ids, for the compiled paths to end the row at one (start() sets them;
         # one with a character outside the vocabulary can never be generated and is left out)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from app.lm import decode
+from app.lm import blas, decode
 from app.lm.decode import DecodeWeights, bf16_product, decode_weights, step
 from app.lm.model import CharRNN, ModelConfig
 
@@ -91,15 +91,21 @@ def test_decode_weights_are_cached_per_dtype_until_a_parameter_changes():
     assert decode_weights(model) is not rebuilt
 
 
-def test_bf16_products_without_onednn_packing_keep_whole_blocks(monkeypatch):
-    """Where this torch cannot pack a weight, torch.mm multiplies the same blocks of 64 rows:
-    slower, still a row's numbers in any batch."""
+def test_bf16_products_without_mkl_or_onednn_packing_keep_whole_blocks(monkeypatch):
+    """Where this torch has no MKL, oneDNN's packed product; where it cannot pack a weight either,
+    torch.mm multiplies the same blocks of 64 rows: slower, still a row's numbers in any batch;
+    all of them the same product within bf16 rounding."""
     cfg = ModelConfig(vocab_size=30, cell="lstm", hidden_size=256, num_layers=2, encoding="embedding")
     torch.manual_seed(2)
     model = CharRNN(cfg).eval()
     w = decode_weights(model, torch.bfloat16)
     x = torch.randn(100, 512).to(torch.bfloat16)
+    exact = x.float() @ w.w_cat[1].float()
+    if blas.available():
+        torch.testing.assert_close(bf16_product(model, x, w.w_cat[1]).float(), exact, rtol=1e-2, atol=1e-2)
+    monkeypatch.setattr(blas, "available", lambda: False)
     packed = bf16_product(model, x, w.w_cat[1])
+    torch.testing.assert_close(packed.float(), exact, rtol=1e-2, atol=1e-2)
     monkeypatch.setattr(decode, "_packed", lambda model, weight: (weight, None))
     plain = bf16_product(model, x, w.w_cat[1])
     torch.testing.assert_close(plain.float(), packed.float(), rtol=1e-2, atol=1e-2)

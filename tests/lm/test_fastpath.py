@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.lm import decode, fastpath, fastpath_large
+from app.lm import blas, decode, fastpath, fastpath_large
 from app.lm import generate as generate_module
 from app.lm.constraint import compile_regex
 from app.lm.generate import DecodeBatch, generate
@@ -101,11 +101,23 @@ def test_the_compiled_path_chooses_what_the_reference_path_chooses(trained, case
         assert any(s.finish_reason == "stop" for s in fast)
 
 
+@pytest.fixture(params=["mkl", "torch"])
+def products(request, monkeypatch):
+    """The large batch path's two ways to its products: MKL's from compiled code (one call of all
+    the steps, where torch has MKL), and torch's calls a step at a time (where it has none)."""
+    if request.param == "mkl" and not blas.available():
+        pytest.skip("this torch has no MKL")
+    if request.param == "torch":
+        monkeypatch.setattr(blas, "available", lambda: False)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize(("layers", "encoding"), [(1, "one_hot"), (3, "embedding")])
-def test_the_large_batch_path_steps_like_the_reference(cell, dtype, layers, encoding):
-    """fastpath_large: torch's products, compiled cells and sampler; greedy over several steps."""
+def test_the_large_batch_path_steps_like_the_reference(cell, dtype, layers, encoding, products):
+    """fastpath_large: MKL's or torch's products, compiled cells and sampler; greedy over several
+    steps (the reference's bf16 products are the same as the path's: decode.bf16_product)."""
     cfg = ModelConfig(vocab_size=30, cell=cell, hidden_size=64, num_layers=layers, encoding=encoding)
     model = build_model(cfg, seed=0).eval()
     rows, n = 9, 6
@@ -134,7 +146,7 @@ def test_the_large_batch_path_steps_like_the_reference(cell, dtype, layers, enco
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-def test_the_large_batch_path_gives_a_row_the_same_numbers_in_any_batch(dtype):
+def test_the_large_batch_path_gives_a_row_the_same_numbers_in_any_batch(dtype, products):
     """Bit for bit, state and logits, with one torch thread as the service decodes: a bf16 product
     of 512 inputs by torch.mm rounded a row differently at 33 rows than at 64 (oneDNN picks its
     kernel by the rows), so bf16 products run on blocks of 64 rows; the output layer as a
@@ -262,14 +274,18 @@ def _logprob_values(seqs: list[Sequence]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-@pytest.mark.parametrize("path", ["small", "large"])
+@pytest.mark.parametrize("path", ["small", "large", "large_torch_products"])
 def test_bias_penalties_regex_and_logprobs_are_what_the_reference_path_gives(trained, path, dtype, monkeypatch):
     """One batch of rows with different extras (a regex among them) and lengths, and plain rows
-    beside them, on either compiled path, against torch's one-step path: the same text, and the
-    same log-probabilities and alternatives (to float rounding)."""
+    beside them, on either compiled path (the large one with MKL's products or torch's), against
+    torch's one-step path: the same text, and the same log-probabilities and alternatives (to float
+    rounding)."""
     lengths = (120, 40, 250, 300, 200, 300, 300, 150)
     cases = [(dataclasses.replace(p, max_new_chars=n), rx) for (p, rx), n in zip(EXTRAS.values(), lengths, strict=True)]
     cases += [(dataclasses.replace(CASES["t1.0"], max_new_chars=90), None), (CASES["greedy"], None)]
+    if path == "large_torch_products":
+        monkeypatch.setattr(blas, "available", lambda: False)
+        path = "large"
     if path == "large":
         monkeypatch.setitem(generate_module.FAST_MAX_STEP_FLOPS, dtype, 3 * trained.model.config.flops_per_char())
     calls = _count_calls(monkeypatch)
@@ -324,7 +340,7 @@ vocab = Vocab.from_text("the quick brown fox jumps over the lazy dog.")
 model = build_model(ModelConfig(vocab_size=vocab.size, cell="lstm", hidden_size=16, num_layers=2), seed=0).eval()
 dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[sys.argv[1]]
 g.warm(model, dtype)
-compiled = [fastpath._decode_chunk, fastpath._choose, fastpath_large._layer]
+compiled = [fastpath._decode_chunk, fastpath._choose, fastpath_large._layer, fastpath_large._decode_chunk_blas]
 before = [len(f.signatures) for f in compiled]
 options = [
     (SamplingParams(max_new_chars=30, temperature=1.0, logprobs=3, repetition_penalty=1.2, repeat_last_n=4), None),
@@ -438,7 +454,10 @@ def test_an_interrupt_ends_a_call_once_it_has_run_the_join_wait(trained, large, 
     if large:
         monkeypatch.setitem(generate_module.FAST_MAX_STEP_FLOPS, torch.float32, 0)
     batch = DecodeBatch(trained.model, trained.vocab)
-    batch.add("the ", [Sequence(SamplingParams(max_new_chars=500, temperature=0.9), 1) for _ in range(2)])
+    seqs = [Sequence(SamplingParams(max_new_chars=500, temperature=0.9), 1) for _ in range(2)]
+    for s in seqs:
+        s.streamed = True  # the first call ends at their first characters
+    batch.add("the ", seqs)
     batch.step(max_steps=1000)  # the prefix and the first characters
     batch._seconds_per_step = 0.001  # calls of 50 steps; the join wait is 10 of them
     batch.interrupt[0] = 1
@@ -584,6 +603,8 @@ def test_a_call_ends_at_the_step_where_a_row_reaches_a_stop_string(trained, path
     rows = 3 if path == "large" else 1  # the same stream each: the same text
     with_stop = dataclasses.replace(params, stop=(stop, "\u2603"))
     seqs = [Sequence(with_stop, seed=1, index=0) for _ in range(rows)]
+    for s in seqs:
+        s.streamed = True  # its first call ends at its first character
     batch = DecodeBatch(trained.model, trained.vocab)
     batch.add("the ", seqs)
     batch.step(max_steps=1 << 30)  # the prefix's character and the first sampled one (a fresh row)
