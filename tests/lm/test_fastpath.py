@@ -465,6 +465,37 @@ def test_an_interrupt_ends_a_call_once_it_has_run_the_join_wait(trained, large, 
     assert batch.steps == round(generate_module.JOIN_WAIT_SECONDS / 0.001)
 
 
+@pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
+def test_a_row_at_its_length_ends_the_call_once_it_has_run_the_join_wait(trained, large, monkeypatch):
+    """A row that reaches its length ends the call, but not before the join wait (the bound a
+    newcomer waits): in a large batch some row ends every step or two, and a call per step would
+    return to Python per step. The short row's text is the one it has alone."""
+    if large:
+        monkeypatch.setitem(generate_module.FAST_MAX_STEP_FLOPS, torch.float32, 0)
+    short, long_ = (SamplingParams(max_new_chars=n, temperature=0.9) for n in (3, 500))
+    [alone] = generate(trained.model, trained.vocab, "the ", short, seed=4)
+    batch = DecodeBatch(trained.model, trained.vocab)
+    seqs = [Sequence(short, 4), Sequence(long_, 5)]
+    batch.add("the ", seqs)
+    batch._seconds_per_step = 0.001  # the join wait is 10 steps, a call at most 50
+    batch.step(max_steps=1000)
+    assert batch.steps == round(generate_module.JOIN_WAIT_SECONDS / 0.001)  # past the short row's end
+    assert seqs[0].finished and seqs[0].text == alone.text and seqs[0].steps == 3
+    assert not seqs[1].finished and seqs[1].steps == batch.steps - len("the ")  # the prefix read, then its own
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_only_a_streamed_row_ends_the_call_at_its_first_character(trained, streamed):
+    """A stream's first character is awaited (time to first character); a whole answer's is not,
+    and ending the call there would cost the batch a return to Python."""
+    batch = DecodeBatch(trained.model, trained.vocab)
+    seq = Sequence(SamplingParams(max_new_chars=200, temperature=0.9), 1)
+    seq.streamed = streamed
+    batch.add("the ", [seq])
+    batch.step(max_steps=1000)
+    assert seq.steps == (1 if streamed else 200)
+
+
 def test_a_compiled_call_sees_an_interrupt_set_by_another_thread(trained, monkeypatch):
     monkeypatch.setattr(generate_module, "TICK_SECONDS", 60.0)
     batch = DecodeBatch(trained.model, trained.vocab)
