@@ -1,20 +1,26 @@
-"""Decoding a large batch on the CPU: torch's matrix products, compiled code for the rest.
+"""Decoding a large batch on the CPU: a BLAS's matrix products, compiled code for the rest.
 
-For a few rows, app/lm/fastpath.py runs whole steps in compiled code. For many rows, torch's
-batched products win (oneDNN's blocking, and AMX tiles for bfloat16, which compiled code cannot
-reach), but the rest of torch's step is a dozen pointwise ops and a sampler driven from Python
-per step, each one allocating: on the 2x256 LSTM with 64 rows in bfloat16, more time than the
-products themselves. Here each step is torch.mm into fixed buffers for the products (the same
-calls as decode.step makes, so the same results), then one compiled call per layer for the
-cell (app/lm/fastpath.py's `_layer_row`, the small path's own maths), the output layer as one
-torch.addmm, and one compiled call that samples every row (`_choose`, the small path's sampler).
-Several steps run per call while nobody waits to join, as on the small path.
+For a few rows, app/lm/fastpath.py runs whole steps in compiled code. For many rows, a BLAS's
+batched products win (blocking, and AMX tiles for bfloat16, which compiled code cannot reach),
+but torch's step around them is a dozen pointwise ops and a sampler driven from Python per step,
+each one allocating: on the 2x256 LSTM with 64 rows in bfloat16, more time than the products
+themselves. Here a step is the products into fixed buffers, the cells (app/lm/fastpath.py's
+`_layer_row`, the small path's own maths), the output layer, and the small path's sampler
+(`_choose`). Several steps run per call while nobody waits to join, as on the small path.
+
+Where torch has MKL (its x86-64 builds), a call is one compiled call of all its steps
+(`_decode_chunk_blas`), calling MKL's products by their address (app/lm/blas.py): no Python and
+no GIL from its first step to its last, so the HTTP event loop's Python never holds a step up.
+Elsewhere, torch's products are called from Python a step at a time, with compiled calls for the
+cells and the sampler between them (`_decode_chunk_with_torch`). Both multiply what decode.step
+multiplies (float32: torch.mm's own sgemm; bfloat16: decode.bf16_product), so the same results.
 
 In bfloat16 the products run on blocks of decode.BF16_BLOCK_ROWS rows (the buffers padded with
 zero rows; decode.bf16_product says why), so that a row's result does not depend on its batch.
 
-A call ends after the step where a row reaches its length or ends at a stop string (found in
-compiled code, as on the small path), so that its request is answered at once.
+A call ends after the step where a row ends at a stop string or its regex (found in compiled
+code, as on the small path), so that its request is answered at once; where a row reaches its
+length, once the call has run the join wait (generate.DecodeBatch._compiled_steps chooses).
 """
 
 from __future__ import annotations
@@ -122,7 +128,8 @@ def _sgemm(typingctx, fn, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
 def _product_f32(fn, x, w, c, beta, dims, scalars):  # pragma: no cover - compiled
     """c (B x N) = x (B x K) @ w (K x N) + beta c, row-major float32, by Fortran's sgemm as torch.mm
     calls it (c^T = w^T x^T in its column-major terms): bit for bit torch.mm's (torch.addmm's with
-    c holding the bias and beta 1). dims (int32[6]), scalars (float32[2]), letters ('N') its scratch."""
+    c holding the bias and beta 1). dims (int32[7]: sizes, strides, the letter 'N') and scalars
+    (float32[2]) are its scratch."""
     dims[0], dims[1], dims[2] = w.shape[1], x.shape[0], x.shape[1]
     dims[3], dims[4], dims[5] = w.strides[0] // 4, x.strides[0] // 4, c.strides[0] // 4
     dims[6] = 78  # "N": neither transposed

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.lm import cuda_graphs, decode, fastpath, fastpath_large
+from app.lm import blas, cuda_graphs, decode, fastpath, fastpath_large
 from app.lm.constraint import CharAutomaton
 from app.lm.model import CharRNN, ModelConfig
 from app.lm.prefix_cache import PrefixCache
@@ -27,18 +27,26 @@ from app.lm.vocab import UNK_INDEX, Vocab
 FEED_IN_BATCH = 32  # prefixes up to this long are fed through the shared batched steps
 PREFILL_CHUNK = 512  # longer prefixes are read this many characters per engine step
 # On the CPU a batch decodes wholly in compiled code (app/lm/fastpath.py) while its step costs at
-# most this many flops; a larger one takes torch's batched products with compiled code around them
-# (app/lm/fastpath_large.py), which win there (oneDNN's blocking; AMX tiles for bf16). Measured on
-# the 2-core Xeon, 2x256 LSTM (2.1 MFLOP a character), chars/s small/large path: fp32 4 rows 1.17,
-# 6 rows 0.95; bf16 8 rows 1.12, 12 rows 0.83. Any batch of the default model stays small.
-FAST_MAX_STEP_FLOPS = {torch.float32: 5 * 2_100_000, torch.bfloat16: 9 * 2_100_000}
+# most this many flops; a larger one takes a BLAS's batched products with compiled code around them
+# (app/lm/fastpath_large.py), which win there (a BLAS's blocking; AMX tiles for bf16). Measured on
+# the 2-core Xeon, 2x256 LSTM (2.1 MFLOP a character), one thread, time large/small path: with
+# MKL's products from compiled code, fp32 2 rows 0.95-1.04, 3 rows 0.80-0.86, 4 rows 0.71-0.77;
+# bf16 8 rows 1.01, 10 rows 0.78 (bf16 products take whole blocks of 64 rows); with torch's
+# products a step at a time (no MKL), chars/s small/large fp32 4 rows 1.17, 6 rows 0.95, bf16 8 rows
+# 1.12, 12 rows 0.83. Any batch of the default model stays small.
+FAST_MAX_STEP_FLOPS = (
+    {torch.float32: 2 * 2_100_000, torch.bfloat16: 8 * 2_100_000}
+    if blas.available()
+    else {torch.float32: 5 * 2_100_000, torch.bfloat16: 9 * 2_100_000}
+)
 GUESSED_FLOPS_PER_SECOND = 2e10  # a first guess of one core's speed in a step (then measured)
 LEARN_FROM_STEPS = 8  # calls of fewer steps teach the time of a step only where it was guessed too high
-# One call of the compiled paths runs about this long. It ends sooner where a row reaches its
-# length or ends at a stop string (its request is answered at once), and when a request arrives
-# to join (DecodeBatch.interrupt), at the next step once it has run JOIN_WAIT_SECONDS: a newcomer
-# never waits longer, and a large batch, whose calls are that short anyway, is not cut into more
-# calls by every arrival (measured with 64 clients: 8% fewer chars/s when any arrival ended a call).
+# One call of the compiled paths runs about this long. It ends sooner where a row ends at a stop
+# string or its regex (its request is answered at once), where a streamed row that just joined has
+# its first character, and once it has run JOIN_WAIT_SECONDS, where a row reaches its length or a
+# request arrives to join (DecodeBatch.interrupt): neither a newcomer nor a finished request waits
+# longer, and a large batch, where both happen every few steps, is not cut into calls of a step or
+# two (measured with 64 clients: 8% fewer chars/s when any arrival ended a call).
 TICK_SECONDS = 0.050
 JOIN_WAIT_SECONDS = 0.010
 # A call of the compiled paths records at most this many log-probabilities (characters and their
