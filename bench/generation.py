@@ -16,6 +16,7 @@ import dataclasses
 import json
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from app.devserver import Server
-from app.lm import cuda_graphs, default, fastpath
+from app.lm import cuda_graphs, default, fastpath, fastpath_large
 from app.lm.constraint import compile_regex
 from app.lm.device import resolve_device
 from app.lm.generate import generate
@@ -318,6 +319,72 @@ def at_the_limit(model: CharRNN, vocab: Vocab, prefix: str, dtypes, new_chars: i
     return rows
 
 
+def large_batch(model: CharRNN, rows: int, steps: int, repeats: int, busy: float) -> list[dict]:
+    """chars/s of the CPU's large batch path in-process (rows at T=0.8, calls of `steps` steps):
+    every step in one compiled call (MKL's products called from it: no GIL, where torch has MKL)
+    and a step at a time from Python (torch's calls for the products, compiled calls between
+    them: the path where torch has no MKL, and this path before), each alone and beside a Python
+    thread that holds the GIL `busy` of the time (as the HTTP event loop does under 64 clients:
+    about a fifth); torch at one thread, as the service decodes. Medians of `repeats` calls,
+    alternated."""
+
+    vocab = model.config.vocab_size
+    cfg = model.config
+    dtypes = [torch.float32, torch.bfloat16]
+
+    def call(dtype: torch.dtype, mkl: bool) -> float:
+        gen = np.random.default_rng(0)
+        chunk = fastpath.Chunk(
+            np.zeros((rows, 1), np.int64), np.zeros(rows, np.int64), np.full(rows, 0.8), np.zeros(rows, np.int64),
+            np.ones(rows), np.zeros(rows), gen.random((rows, steps)), np.full(rows, steps, np.int64),
+            np.zeros((rows, steps), np.int64), 0,
+        )  # fmt: skip
+        state, logits = torch.zeros(cfg.state_rows, rows, cfg.hidden_size), torch.zeros(rows, vocab)
+        t = time.perf_counter()
+        done = fastpath_large.decode_chunk(model, dtype, state, logits, chunk, mkl=mkl)
+        return rows * done / (time.perf_counter() - t)
+
+    stop = threading.Event()
+
+    def python_busy() -> None:  # holds the GIL `busy` of each millisecond, sleeps the rest
+        while not stop.is_set():
+            t = time.perf_counter()
+            while time.perf_counter() - t < busy * 1e-3:
+                pass
+            time.sleep((1 - busy) * 1e-3)
+
+    paths = [True, False] if fastpath_large.blas.available() else [False]
+    out = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for dtype in dtypes:
+                for mkl in paths:
+                    call(dtype, mkl)  # compiles or loads this path's code
+                for load in ("alone", "beside_busy_python"):
+                    noise = threading.Thread(target=python_busy, daemon=True) if load != "alone" else None
+                    if noise is not None:
+                        stop.clear()
+                        noise.start()
+                    rates: dict[bool, list[float]] = {mkl: [] for mkl in paths}
+                    for _ in range(repeats):
+                        for mkl in paths:
+                            rates[mkl].append(call(dtype, mkl))
+                    if noise is not None:
+                        stop.set()
+                        noise.join()
+                    for mkl in paths:
+                        out.append({
+                            "decode_dtype": str(dtype).removeprefix("torch."), "rows": rows, "steps_per_call": steps,
+                            "steps": "one_compiled_call" if mkl else "python_per_step", "load": load,
+                            "chars_per_s": round(statistics.median(rates[mkl]), 1),
+                        })  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 def http_default_model(store: str, new_chars: int, repeats: int, device: str) -> float:
     """Greedy chars/s of one request over HTTP on the default model (trained by the first server
     on `store`, loaded by the next)."""
@@ -404,7 +471,7 @@ def http_prefix_cache(store: str, prefix_chars: int, repeats: int, device: str) 
     return out
 
 
-PARTS = ("tutorial", "limit", "costs", "http")
+PARTS = ("tutorial", "limit", "costs", "http", "batch")
 
 
 def main() -> None:
@@ -452,6 +519,11 @@ def main() -> None:
             "lstm_2x256_embedding_bf16": step_costs(
                 lstm, vocab, "ROMEO:\n", lstm_pattern, http_len, args.repeats, torch.bfloat16
             ),
+        }
+    if "batch" in only and device.type == "cpu":
+        results["lstm_2x256_large_batch_in_process"] = {
+            "python_busy_fraction": 0.2,
+            "runs": large_batch(lstm, 64, 200, args.repeats, 0.2),
         }
     if "http" in only:
         results["lstm_2x256_http_one_request"] = http_lstm(lstm, vocab, "ROMEO:\n", 1000, args.repeats)

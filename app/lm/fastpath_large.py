@@ -327,12 +327,14 @@ def _blas_weights(model, dtype: torch.dtype) -> _BlasWeights:
     return built
 
 
-def decode_chunk(model, dtype: torch.dtype, state: torch.Tensor, logits: torch.Tensor, chunk: fastpath.Chunk) -> int:
+def decode_chunk(
+    model, dtype: torch.dtype, state: torch.Tensor, logits: torch.Tensor, chunk: fastpath.Chunk, mkl: bool | None = None
+) -> int:
     """The steps of `chunk` for a large batch: state (R, B, H) and logits (B, V) (float32,
     contiguous) updated in place. Returns the steps taken. A row that finished has stale state
-    and logits. With MKL (blas.available()), one compiled call of all the steps; else torch's
-    products driven from here, a step at a time."""
-    if blas.available():
+    and logits. With MKL (`mkl`, by default blas.available()), one compiled call of all the
+    steps; else torch's products driven from here, a step at a time."""
+    if blas.available() if mkl is None else mkl:
         return _decode_chunk_with_blas(model, dtype, state, logits, chunk)
     return _decode_chunk_with_torch(model, dtype, state, logits, chunk)
 
