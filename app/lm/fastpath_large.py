@@ -125,38 +125,35 @@ def _sgemm(typingctx, fn, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
 
 
 @fastpath._inlined
-def _product_f32(fn, x, w, c, beta, dims, scalars):  # pragma: no cover - compiled
-    """c (B x N) = x (B x K) @ w (K x N) + beta c, row-major float32, by Fortran's sgemm as torch.mm
-    calls it (c^T = w^T x^T in its column-major terms): bit for bit torch.mm's (torch.addmm's with
-    c holding the bias and beta 1). dims (int32[7]: sizes, strides, the letter 'N') and scalars
-    (float32[2]) are its scratch."""
-    dims[0], dims[1], dims[2] = w.shape[1], x.shape[0], x.shape[1]
-    dims[3], dims[4], dims[5] = w.strides[0] // 4, x.strides[0] // 4, c.strides[0] // 4
+def _product_f32(fn, x, w, n, c, beta, dims, scalars):  # pragma: no cover - compiled
+    """c (B x n) = x (B x K) @ w (K x n, contiguous rows; its address) + beta c, row-major float32,
+    by Fortran's sgemm as torch.mm calls it (c^T = w^T x^T in its column-major terms): bit for bit
+    torch.mm's (torch.addmm's with c holding the bias and beta 1). dims (int32[7]: sizes, strides,
+    the letter 'N') and scalars (float32[2]) are its scratch."""
+    dims[0], dims[1], dims[2] = n, x.shape[0], x.shape[1]
+    dims[3], dims[4], dims[5] = n, x.strides[0] // 4, c.strides[0] // 4
     dims[6] = 78  # "N": neither transposed
     scalars[0], scalars[1] = 1.0, beta
     d, s = dims.ctypes.data, scalars.ctypes.data
     letter = d + 24
     _sgemm(
-        fn, letter, letter, d, d + 4, d + 8, s, w.ctypes.data, d + 12, x.ctypes.data, d + 16, s + 4, c.ctypes.data,
-        d + 20,
+        fn, letter, letter, d, d + 4, d + 8, s, w, d + 12, x.ctypes.data, d + 16, s + 4, c.ctypes.data, d + 20,
     )  # fmt: skip
 
 
 @fastpath._inlined
 def _product(fns, bf16, x, w, c, rows, dims, scalars):  # pragma: no cover - compiled
-    """c[:rows] = x[:rows] @ w in float32 sums: bfloat16 in blocks of decode.BF16_BLOCK_ROWS rows
-    (x and c have whole blocks; decode.bf16_product says why), rounded to bfloat16; float32 as
-    torch.mm multiplies the rows."""
+    """c[:rows] = x[:rows] @ w in float32 sums (w: the address of a K x N matrix with contiguous
+    rows, N = c's width, in x's dtype): bfloat16 in blocks of decode.BF16_BLOCK_ROWS rows (x and c
+    have whole blocks; decode.bf16_product says why), rounded to bfloat16; float32 as torch.mm
+    multiplies the rows."""
+    n = c.shape[1]
     if not bf16:
-        _product_f32(fns[1], x[:rows], w, c[:rows], np.float32(0.0), dims, scalars)
+        _product_f32(fns[1], x[:rows], w, n, c[:rows], np.float32(0.0), dims, scalars)
         return
     block = BF16_BLOCK_ROWS
-    k, n = x.shape[1], w.shape[1]
     for b in range(0, rows, block):
-        _gemm_bf16(
-            fns[0], block, n, k, x[b:].ctypes.data, x.strides[0] // 2, w.ctypes.data, w.strides[0] // 2,
-            c[b:].ctypes.data, c.strides[0] // 4,
-        )  # fmt: skip
+        _gemm_bf16(fns[0], block, n, x.shape[1], x[b:].ctypes.data, x.strides[0] // 2, w, n, c[b:].ctypes.data, n)
     for r in range(rows):
         fastpath._round_bf16(c[r], n)
 
@@ -167,17 +164,17 @@ _GRU = fastpath.CELL_CODES["gru"]
 
 @_compiled
 def _decode_chunk_blas(
-    fns, cell, bf16, table, wcat, bx, bh, fc, fc_bias, state, logits, inputs, prod, prod2,
+    fns, cell, bf16, table, wx, wh, bx, bh, fc, fc_bias, state, logits, inputs, prod, prod2,
     forced, n_forced, temperature, top_k, top_p, min_p, uniforms, remaining, out, unk, ex,
     stops, stop_len, tail, interrupt, interrupt_after,
 ):  # fmt: skip  # pragma: no cover - compiled
     """decode_chunk's steps in one compiled call, holding no GIL: MKL's products (fns: the
     functions' addresses) into prod (a GRU's recurrent part in prod2), _layer for the cells, the
     output layer by sgemm as torch.addmm computes it, _choose for the sampling. inputs (L, B', 2H):
-    each layer's [x h] as the products read them (float32, or bfloat16 bits), wcat (L, 2H, G*H) the
-    matching matrices (layer 0: h's rows only)."""
+    each layer's [x h] as the products read them (float32, or bfloat16 bits); wx, wh (L,): the
+    addresses of the matrices they multiply (_BlasWeights)."""
     batch, vocab = logits.shape
-    layers, hidden = wcat.shape[0], state.shape[2]
+    layers, hidden = wh.shape[0], state.shape[2]
     gru = cell == _GRU
     dims = np.zeros(7, np.int32)
     scalars = np.zeros(2, np.float32)
@@ -202,18 +199,18 @@ def _decode_chunk_blas(
             break
         for k in range(layers):
             own = inputs[k]
-            if not gru:  # one sum: [x h] @ [W_ih; W_hh] (layer 0: h @ W_hh; its input is a table row)
-                start = hidden if k == 0 else 0
-                _product(fns, bf16, own[:, start:], wcat[k, start:], prod, batch, dims, scalars)
+            if k == 0:  # h @ W_hh (the input part is a table row, added by the cell)
+                _product(fns, bf16, own[:, hidden:], wh[0], prod2 if gru else prod, batch, dims, scalars)
+            elif not gru:  # one sum: [x h] @ [W_ih; W_hh]
+                _product(fns, bf16, own, wx[k], prod, batch, dims, scalars)
             else:  # the reset gate scales only the recurrent part: the two apart
-                if k > 0:
-                    _product(fns, bf16, own[:, :hidden], wcat[k, :hidden], prod, batch, dims, scalars)
-                _product(fns, bf16, own[:, hidden:], wcat[k, hidden:], prod2, batch, dims, scalars)
+                _product(fns, bf16, own[:, :hidden], wx[k], prod, batch, dims, scalars)
+                _product(fns, bf16, own[:, hidden:], wh[k], prod2, batch, dims, scalars)
             upper = inputs[k + 1] if k + 1 < layers else own
             _layer(cell, k, layers, table, bx, bh, ids, state, prod, prod2, own, upper)
         for r in range(batch):
             logits[r] = fc_bias
-        _product_f32(fns[1], last_h, fc, logits, np.float32(1.0), dims, scalars)
+        _product_f32(fns[1], last_h, fc.ctypes.data, vocab, logits, np.float32(1.0), dims, scalars)
         if has_stops and fastpath._a_row_stopped(t, n_forced, remaining, out, stops, stop_len, tail):
             break  # a row ended at a stop string: its request is answered at once
         if fastpath._any_ended(ex):
@@ -300,29 +297,31 @@ class _Buffers:
 
 @dataclasses.dataclass(frozen=True)
 class _BlasWeights:
-    """The matrices as _decode_chunk_blas multiplies them: per layer [W_ih; W_hh] transposed
-    (L, 2H, G*H) (layer 0: zeros where W_ih would be; its input is a table row), float32 or
-    bfloat16 bits; the output layer (H, V) float32."""
+    """The addresses of the decode weights' matrices (K, G*H), as _decode_chunk_blas multiplies
+    them, per layer: wx the one its [x h] (layers >= 1; a GRU: its x) multiplies, [W_ih; W_hh]
+    transposed (decode.DecodeWeights.w_cat; a GRU's W_ih), wh W_hh (layer 0's, a GRU's). No copy:
+    `keep` holds the tensors (they live as long as the decode weights they come from)."""
 
-    wcat: np.ndarray
-    fc: np.ndarray
+    wx: np.ndarray  # (L,) int64; 0 for layer 0
+    wh: np.ndarray  # (L,) int64
+    keep: tuple
 
 
 def _blas_weights(model, dtype: torch.dtype) -> _BlasWeights:
-    """Built from decode_weights (and cached with it: rebuilt whenever a parameter changes)."""
+    """Cached with decode_weights (rebuilt whenever a parameter changes)."""
     w = decode.decode_weights(model, dtype)
     cached = decode.extra(model, dtype, "blas")
     if cached is not None:
         return cached
-    hidden = model.config.hidden_size
-    wcat = torch.zeros(len(w.w_hh), 2 * hidden, w.w_hh[0].shape[1], dtype=dtype)
-    for k, (h, cat) in enumerate(zip(w.w_hh, w.w_cat, strict=True)):
-        if cat is None:
-            wcat[k, hidden:] = h
-        else:
-            wcat[k] = cat
-    bits = wcat.view(torch.int16).numpy().view(np.uint16) if dtype == torch.bfloat16 else wcat.numpy()
-    built = _BlasWeights(wcat=bits, fc=w.fc.numpy())
+    gru = model.config.cell == "gru"
+    wx = [None] + [w.w_ih[k] if gru else w.w_cat[k] for k in range(1, len(w.w_hh))]
+    for m in (*wx[1:], *w.w_hh):
+        assert m is not None and m.is_contiguous() and m.dtype == dtype
+    built = _BlasWeights(
+        wx=np.array([0 if m is None else m.data_ptr() for m in wx], np.int64),
+        wh=np.array([m.data_ptr() for m in w.w_hh], np.int64),
+        keep=(w,),
+    )
     decode.extra(model, dtype, "blas", built)
     return built
 
@@ -345,14 +344,14 @@ def _decode_chunk_with_blas(model, dtype, state, logits, chunk: fastpath.Chunk) 
     batch, hidden = state.shape[1], state.shape[2]
     bf16 = dtype == torch.bfloat16
     rows = -(-batch // BF16_BLOCK_ROWS) * BF16_BLOCK_ROWS if bf16 else batch  # whole blocks; padding stays zero
-    gates = bw.wcat.shape[2]
+    gates = fw.table.shape[1]
     inputs = torch.zeros(fw.layers, rows, 2 * hidden, dtype=dtype)
     inputs[:, :batch, hidden:] = state[: fw.layers]  # each layer's own h (rounded), read by the first products
     inputs_np = inputs.view(torch.int16).numpy().view(np.uint16) if bf16 else inputs.numpy()
     prod = np.zeros((rows, gates), np.float32)
     prod2 = np.zeros((rows, gates), np.float32) if fw.cell == _GRU else prod
     return _decode_chunk_blas(
-        blas.functions(), fw.cell, bf16, fw.table, bw.wcat, fw.bx, fw.bh, bw.fc, fw.fc_bias,
+        blas.functions(), fw.cell, bf16, fw.table, bw.wx, bw.wh, fw.bx, fw.bh, fw.fc[0], fw.fc_bias,
         state.numpy(), logits.numpy(), inputs_np, prod, prod2, *chunk.args(), *chunk.stop_args(),
         chunk.interrupt, chunk.interrupt_after,
     )  # fmt: skip
