@@ -496,12 +496,16 @@ def test_only_a_streamed_row_ends_the_call_at_its_first_character(trained, strea
     assert seq.steps == (1 if streamed else 200)
 
 
-def test_a_compiled_call_sees_an_interrupt_set_by_another_thread(trained, monkeypatch):
+@pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
+def test_a_compiled_call_sees_an_interrupt_set_by_another_thread(trained, large, monkeypatch):
+    """Also the large path's one compiled call of all its steps (with MKL), which holds no GIL."""
+    if large:
+        monkeypatch.setitem(generate_module.FAST_MAX_STEP_FLOPS, torch.float32, 0)
     monkeypatch.setattr(generate_module, "TICK_SECONDS", 60.0)
     batch = DecodeBatch(trained.model, trained.vocab)
     total = 2_000_000
     batch.add("the ", [Sequence(SamplingParams(max_new_chars=total, temperature=0.9), 1)])
-    batch.step(max_steps=1000)  # the prefix and the first character
+    batch.step(max_steps=1000)  # the prefix and the first 1000 characters
     timer = threading.Timer(0.05, batch.interrupt.__setitem__, (0, 1))
     timer.start()
     batch.step(max_steps=total)
@@ -516,7 +520,6 @@ def test_every_sampling_option_takes_many_steps_a_call_on_the_cpu(trained, case)
     [seq] = _sequences(trained, [EXTRAS[case]], seed=1)
     batch = DecodeBatch(trained.model, trained.vocab)
     batch.add("a", [seq])
-    batch.step(max_steps=20)  # the prefix and the first character: a newcomer's call ends there
     batch.step(max_steps=20)
     assert batch.steps == 20 or seq.finished
 
