@@ -12,8 +12,10 @@ of many steps (fastpath_large), which holds no GIL from its first step to its la
 - `cblas_gemm_bf16bf16f32` (bfloat16 inputs, float32 sums and results; AMX or AVX512-BF16
   where the CPU has them): decode.bf16_product's product, rounded to bfloat16 afterwards.
 
-Where this torch has no MKL (other CPUs' builds), `available()` is False and the callers keep
-torch's own calls.
+`usable(dtype)` says where the callers take them: float32 wherever torch has MKL (its own
+products are MKL's there, on any CPU), bfloat16 only on Intel's CPUs (MKL's bfloat16 kernels
+are Intel's: on other CPUs with AVX512-BF16, such as AMD's, oneDNN's are the ones that use it).
+Elsewhere the callers keep torch's own calls.
 """
 
 from __future__ import annotations
@@ -44,6 +46,22 @@ def _addresses() -> tuple[int, int] | None:
 
 def available() -> bool:
     return _addresses() is not None
+
+
+@functools.cache
+def _intel() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
+    except OSError:
+        return False
+
+
+def usable(dtype: torch.dtype) -> bool:
+    """Whether products in `dtype` (float32, bfloat16) go to MKL here (the module says where)."""
+    if dtype == torch.float32:
+        return available()
+    return dtype == torch.bfloat16 and available() and _intel()
 
 
 @functools.cache

@@ -126,11 +126,12 @@ def bf16_product(
     the same row among 64 (one thread; after 20 steps the state differed by up to 3e-4). With
     every product 64 rows, a row's result is the same in any batch.
 
-    The product is MKL's (blas.gemm_bf16: the one the large batch path calls from compiled code,
-    so the two agree bit for bit); where this torch has no MKL, oneDNN's linear with the weight
-    packed once for that shape (kept beside the decode weights), or torch.mm of the same blocks."""
+    The product is MKL's where blas.usable says so (blas.gemm_bf16: the one the large batch path
+    calls from compiled code, so the two agree bit for bit); elsewhere oneDNN's linear with the
+    weight packed once for that shape (kept beside the decode weights; the large batch path calls
+    this function there), or torch.mm of the same blocks."""
     rows, block = x.shape[0], BF16_BLOCK_ROWS
-    mkl = blas.available()
+    mkl = blas.usable(torch.bfloat16)
     matrix, packed = (weight, None) if mkl else _packed(model, weight)
     sums = torch.empty(block, weight.shape[1]) if mkl else None
     for k in range(0, rows, block):

@@ -331,9 +331,9 @@ def decode_chunk(
 ) -> int:
     """The steps of `chunk` for a large batch: state (R, B, H) and logits (B, V) (float32,
     contiguous) updated in place. Returns the steps taken. A row that finished has stale state
-    and logits. With MKL (`mkl`, by default blas.available()), one compiled call of all the
+    and logits. With MKL (`mkl`, by default blas.usable(dtype)), one compiled call of all the
     steps; else torch's products driven from here, a step at a time."""
-    if blas.available() if mkl is None else mkl:
+    if blas.usable(dtype) if mkl is None else mkl:
         return _decode_chunk_with_blas(model, dtype, state, logits, chunk)
     return _decode_chunk_with_torch(model, dtype, state, logits, chunk)
 

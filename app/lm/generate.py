@@ -34,11 +34,10 @@ PREFILL_CHUNK = 512  # longer prefixes are read this many characters per engine 
 # bf16 8 rows 1.01, 10 rows 0.78 (bf16 products take whole blocks of 64 rows); with torch's
 # products a step at a time (no MKL), chars/s small/large fp32 4 rows 1.17, 6 rows 0.95, bf16 8 rows
 # 1.12, 12 rows 0.83. Any batch of the default model stays small.
-FAST_MAX_STEP_FLOPS = (
-    {torch.float32: 2 * 2_100_000, torch.bfloat16: 8 * 2_100_000}
-    if blas.available()
-    else {torch.float32: 5 * 2_100_000, torch.bfloat16: 9 * 2_100_000}
-)
+FAST_MAX_STEP_FLOPS = {
+    torch.float32: (2 if blas.usable(torch.float32) else 5) * 2_100_000,
+    torch.bfloat16: (8 if blas.usable(torch.bfloat16) else 9) * 2_100_000,
+}
 GUESSED_FLOPS_PER_SECOND = 2e10  # a first guess of one core's speed in a step (then measured)
 LEARN_FROM_STEPS = 8  # calls of fewer steps teach the time of a step only where it was guessed too high
 # One call of the compiled paths runs about this long. It ends sooner where a row ends at a stop

@@ -101,9 +101,9 @@ def test_bf16_products_without_mkl_or_onednn_packing_keep_whole_blocks(monkeypat
     w = decode_weights(model, torch.bfloat16)
     x = torch.randn(100, 512).to(torch.bfloat16)
     exact = x.float() @ w.w_cat[1].float()
-    if blas.available():
+    if blas.usable(torch.bfloat16):
         torch.testing.assert_close(bf16_product(model, x, w.w_cat[1]).float(), exact, rtol=1e-2, atol=1e-2)
-    monkeypatch.setattr(blas, "available", lambda: False)
+    monkeypatch.setattr(blas, "usable", lambda dtype: False)
     packed = bf16_product(model, x, w.w_cat[1])
     torch.testing.assert_close(packed.float(), exact, rtol=1e-2, atol=1e-2)
     monkeypatch.setattr(decode, "_packed", lambda model, weight: (weight, None))

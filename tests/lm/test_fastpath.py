@@ -104,11 +104,11 @@ def test_the_compiled_path_chooses_what_the_reference_path_chooses(trained, case
 @pytest.fixture(params=["mkl", "torch"])
 def products(request, monkeypatch):
     """The large batch path's two ways to its products: MKL's from compiled code (one call of all
-    the steps, where torch has MKL), and torch's calls a step at a time (where it has none)."""
+    the steps, where blas.usable says so), and torch's calls a step at a time (elsewhere)."""
     if request.param == "mkl" and not blas.available():
         pytest.skip("this torch has no MKL")
-    if request.param == "torch":
-        monkeypatch.setattr(blas, "available", lambda: False)
+    usable = request.param == "mkl"
+    monkeypatch.setattr(blas, "usable", lambda dtype: usable)
     return request.param
 
 
@@ -284,7 +284,7 @@ def test_bias_penalties_regex_and_logprobs_are_what_the_reference_path_gives(tra
     cases = [(dataclasses.replace(p, max_new_chars=n), rx) for (p, rx), n in zip(EXTRAS.values(), lengths, strict=True)]
     cases += [(dataclasses.replace(CASES["t1.0"], max_new_chars=90), None), (CASES["greedy"], None)]
     if path == "large_torch_products":
-        monkeypatch.setattr(blas, "available", lambda: False)
+        monkeypatch.setattr(blas, "usable", lambda dtype: False)
         path = "large"
     if path == "large":
         monkeypatch.setitem(generate_module.FAST_MAX_STEP_FLOPS, dtype, 3 * trained.model.config.flops_per_char())
