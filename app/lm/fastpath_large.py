@@ -125,7 +125,7 @@ def _sgemm(typingctx, fn, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
 
 
 @fastpath._inlined
-def _product_f32(fn, x, w, n, c, beta, dims, scalars):  # pragma: no cover - compiled
+def _mkl_product_f32(fn, x, w, n, c, beta, dims, scalars):  # pragma: no cover - compiled
     """c (B x n) = x (B x K) @ w (K x n, contiguous rows; its address) + beta c, row-major float32,
     by Fortran's sgemm as torch.mm calls it (c^T = w^T x^T in its column-major terms): bit for bit
     torch.mm's (torch.addmm's with c holding the bias and beta 1). dims (int32[7]: sizes, strides,
@@ -142,14 +142,14 @@ def _product_f32(fn, x, w, n, c, beta, dims, scalars):  # pragma: no cover - com
 
 
 @fastpath._inlined
-def _product(fns, bf16, x, w, c, rows, dims, scalars):  # pragma: no cover - compiled
+def _mkl_product(fns, bf16, x, w, c, rows, dims, scalars):  # pragma: no cover - compiled
     """c[:rows] = x[:rows] @ w in float32 sums (w: the address of a K x N matrix with contiguous
     rows, N = c's width, in x's dtype): bfloat16 in blocks of decode.BF16_BLOCK_ROWS rows (x and c
     have whole blocks; decode.bf16_product says why), rounded to bfloat16; float32 as torch.mm
     multiplies the rows."""
     n = c.shape[1]
     if not bf16:
-        _product_f32(fns[1], x[:rows], w, n, c[:rows], np.float32(0.0), dims, scalars)
+        _mkl_product_f32(fns[1], x[:rows], w, n, c[:rows], np.float32(0.0), dims, scalars)
         return
     block = BF16_BLOCK_ROWS
     for b in range(0, rows, block):
@@ -200,17 +200,17 @@ def _decode_chunk_blas(
         for k in range(layers):
             own = inputs[k]
             if k == 0:  # h @ W_hh (the input part is a table row, added by the cell)
-                _product(fns, bf16, own[:, hidden:], wh[0], prod2 if gru else prod, batch, dims, scalars)
+                _mkl_product(fns, bf16, own[:, hidden:], wh[0], prod2 if gru else prod, batch, dims, scalars)
             elif not gru:  # one sum: [x h] @ [W_ih; W_hh]
-                _product(fns, bf16, own, wx[k], prod, batch, dims, scalars)
+                _mkl_product(fns, bf16, own, wx[k], prod, batch, dims, scalars)
             else:  # the reset gate scales only the recurrent part: the two apart
-                _product(fns, bf16, own[:, :hidden], wx[k], prod, batch, dims, scalars)
-                _product(fns, bf16, own[:, hidden:], wh[k], prod2, batch, dims, scalars)
+                _mkl_product(fns, bf16, own[:, :hidden], wx[k], prod, batch, dims, scalars)
+                _mkl_product(fns, bf16, own[:, hidden:], wh[k], prod2, batch, dims, scalars)
             upper = inputs[k + 1] if k + 1 < layers else own
             _layer(cell, k, layers, table, bx, bh, ids, state, prod, prod2, own, upper)
         for r in range(batch):
             logits[r] = fc_bias
-        _product_f32(fns[1], last_h, fc.ctypes.data, vocab, logits, np.float32(1.0), dims, scalars)
+        _mkl_product_f32(fns[1], last_h, fc.ctypes.data, vocab, logits, np.float32(1.0), dims, scalars)
         if has_stops and fastpath._a_row_stopped(t, n_forced, remaining, out, stops, stop_len, tail):
             break  # a row ended at a stop string: its request is answered at once
         if fastpath._any_ended(ex):

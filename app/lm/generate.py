@@ -181,11 +181,11 @@ class DecodeBatch:
         With max_steps > 1 on the compiled paths (the CPU's, whatever the rows' sampling options;
         recorded CUDA graphs on a GPU, where no row has a regex, penalties, logit bias or
         log-probabilities), up to max_steps characters per row in one call (about TICK_SECONDS of
-        work, at most cuda_graphs.MAX_STEPS on a GPU), and no more than the first row to reach its
-        length, a stop string or the end of its regex needs. A row that just joined ends the call
-        at its first character, so that it streams at once; `interrupt` ends it at the next step
-        once it has run JOIN_WAIT_SECONDS. While a long prefix is being read, one step per call
-        between its chunks."""
+        work, at most cuda_graphs.MAX_STEPS on a GPU), and no more than the first row to end at a
+        stop string or its regex needs. A streamed row that just joined ends the call at its first
+        character, so that it streams at once; a row that reaches its length, and `interrupt`, end
+        it at the next step once it has run JOIN_WAIT_SECONDS. While a long prefix is being read,
+        one step per call between its chunks."""
         self.sampled = self.steps = 0
         if self._prefilling:
             self._prefill_chunk()
